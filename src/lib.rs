@@ -1,0 +1,3 @@
+//! Meridian: an authoritative DNS GSLB for LLM APIs (DNS tier).
+#![deny(unsafe_code)]
+pub mod config;
