@@ -1,3 +1,4 @@
 //! Meridian: an authoritative DNS GSLB for LLM APIs (DNS tier).
 #![deny(unsafe_code)]
 pub mod config;
+pub mod geo;

@@ -1,0 +1,3 @@
+//! GeoIP: client address → location.
+pub mod location;
+pub use location::{GeoMatch, LocatedNetworks, Location, LocationId};
