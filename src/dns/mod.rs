@@ -1,0 +1,2 @@
+//! The DNS front: wire decoding, the request handler, and the UDP/TCP listeners.
+pub mod wire;
