@@ -1,1 +1,4 @@
-fn main() {}
+//! The `meridian` binary: everything lives in the library; see `meridian::cli`.
+fn main() -> std::process::ExitCode {
+    meridian::cli::main()
+}

@@ -1,0 +1,287 @@
+//! Prometheus metrics of the DNS tier, and the `/metrics` HTTP endpoint that exposes them.
+//!
+//! Owns the registry and the names of every series; callers report events through the
+//! methods here and never touch prometheus types. Label values come from the snapshot (GSLB
+//! and region names), so a series exists only for names that were configured.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::watch,
+};
+use tracing::debug;
+
+use crate::{
+    dns::handler::{AnswerSource, Summary, Transport},
+    snapshot::Snapshot,
+};
+
+/// A label value shared with the snapshot (no allocation per query).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SharedLabel(Arc<str>);
+
+impl EncodeLabelValue for SharedLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResponseLabels {
+    transport: &'static str,
+    rcode: &'static str,
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GslbLabels {
+    name: SharedLabel,
+    region: SharedLabel,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+/// Every series the DNS tier exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    responses: Family<ResponseLabels, Counter>,
+    gslb_answers: Family<GslbLabels, Counter>,
+    dropped: Family<TransportLabels, Counter>,
+    truncated: Counter,
+    tcp_rejected: Counter,
+    reloads: Family<ReloadLabels, Counter>,
+    generation: Gauge,
+    handle_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("meridian_dns");
+        let responses = Family::<ResponseLabels, Counter>::default();
+        let gslb_answers = Family::<GslbLabels, Counter>::default();
+        let dropped = Family::<TransportLabels, Counter>::default();
+        let truncated = Counter::default();
+        let tcp_rejected = Counter::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let generation = Gauge::default();
+        // 1 µs .. ~16 ms: the handler is CPU-only, anything slower is a bug worth seeing.
+        let handle_seconds =
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-6, 2.0, 15));
+        registry.register(
+            "responses",
+            "Responses sent, by transport, RCODE and answer source",
+            responses.clone(),
+        );
+        registry.register(
+            "gslb_answers",
+            "GSLB answers by name, first region answered and steering reason",
+            gslb_answers.clone(),
+        );
+        registry.register(
+            "dropped",
+            "Packets dropped without a response (not a query, or too short)",
+            dropped.clone(),
+        );
+        registry.register(
+            "truncated",
+            "UDP responses sent with TC=1 because they did not fit",
+            truncated.clone(),
+        );
+        registry.register(
+            "tcp_rejected",
+            "TCP connections closed at accept because max_tcp_connections was reached",
+            tcp_rejected.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Snapshot reloads by result (loaded, rejected)",
+            reloads.clone(),
+        );
+        registry.register(
+            "snapshot_generation",
+            "Generation of the snapshot being served",
+            generation.clone(),
+        );
+        registry.register(
+            "handle_seconds",
+            "Time to decode, decide and encode one query",
+            handle_seconds.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            responses,
+            gslb_answers,
+            dropped,
+            truncated,
+            tcp_rejected,
+            reloads,
+            generation,
+            handle_seconds,
+        }
+    }
+
+    pub fn answered(
+        &self,
+        transport: Transport,
+        summary: &Summary,
+        snapshot: &Snapshot,
+        took: Duration,
+    ) {
+        let source = match &summary.source {
+            AnswerSource::Malformed => "malformed",
+            AnswerSource::Refused => "refused",
+            AnswerSource::Zone => "zone",
+            AnswerSource::Gslb { .. } => "gslb",
+            AnswerSource::Why { .. } => "why",
+        };
+        self.responses
+            .get_or_create(&ResponseLabels {
+                transport: transport.as_str(),
+                rcode: rcode_name(summary.rcode),
+                source,
+            })
+            .inc();
+        if let AnswerSource::Gslb {
+            policy,
+            regions,
+            reason,
+        } = &summary.source
+            && let Some(gslb) = snapshot.steering_names().get(policy.0 as usize)
+        {
+            let region = regions
+                .first()
+                .map(|r| snapshot.config.region(*r).id.clone())
+                .unwrap_or_else(|| Arc::from("none"));
+            self.gslb_answers
+                .get_or_create(&GslbLabels {
+                    name: SharedLabel(gslb.clone()),
+                    region: SharedLabel(region),
+                    reason: reason.as_str(),
+                })
+                .inc();
+        }
+        if summary.truncated {
+            self.truncated.inc();
+        }
+        self.handle_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn dropped(&self, transport: Transport) {
+        self.dropped
+            .get_or_create(&TransportLabels {
+                transport: transport.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn tcp_rejected(&self) {
+        self.tcp_rejected.inc();
+    }
+
+    pub fn reload_loaded(&self, generation: u64) {
+        self.reloads.get_or_create(&ReloadLabels { result: "loaded" }).inc();
+        self.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    pub fn reload_rejected(&self) {
+        self.reloads
+            .get_or_create(&ReloadLabels { result: "rejected" })
+            .inc();
+    }
+
+    /// The exposition text of every series.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            text.clear();
+            let _ = writeln!(text, "# encoding failed");
+        }
+        text
+    }
+}
+
+fn rcode_name(rcode: hickory_proto::op::ResponseCode) -> &'static str {
+    use hickory_proto::op::ResponseCode as R;
+    match rcode {
+        R::NoError => "NOERROR",
+        R::FormErr => "FORMERR",
+        R::ServFail => "SERVFAIL",
+        R::NXDomain => "NXDOMAIN",
+        R::NotImp => "NOTIMP",
+        R::Refused => "REFUSED",
+        R::BADVERS => "BADVERS",
+        _ => "OTHER",
+    }
+}
+
+/// Serves `GET /metrics` (plain HTTP/1.x, one response per connection) until shutdown.
+/// Deliberately tiny: it is a scrape endpoint on a loopback or management address, not a web
+/// server; the admin API of the health-plane work replaces it.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => { debug!(%error, "metrics accept failed"); continue; }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut request = vec![0u8; 2048];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
+            let Ok(Ok(n)) = read else { return };
+            let head = String::from_utf8_lossy(&request[..n]);
+            let path_ok = head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?");
+            let (status, body) = if path_ok {
+                ("200 OK", metrics.encode())
+            } else {
+                ("404 Not Found", "only GET /metrics is served here\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(error) = stream.write_all(response.as_bytes()).await {
+                debug!(%error, %peer, "metrics write failed");
+            }
+        });
+    }
+}
+
+/// Where the metrics endpoint listens, for the ready file.
+pub fn describe(listener: &TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}

@@ -1,0 +1,254 @@
+//! The serving snapshot: everything a query needs, built together and swapped as one.
+//!
+//! A [`Snapshot`] bundles the validated config, the loaded zones, the GeoIP reader, the
+//! operator state and the precomputed steering table of one generation. It is built off the
+//! query path (at start-up and on reload), fully validated before anyone can see it, and then
+//! published with a single [`ArcSwap::store`]: a reader sees either the old generation or the
+//! new one, never a mix. Building does file IO; serving from it does none.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::Name;
+
+use crate::{
+    config::{self, ConfigError, model::DnsConfig},
+    geo::{GeoDb, GeoError},
+    operator_state::{OperatorState, OperatorStateError},
+    steering::{PolicyIdx, SteeringTable},
+    zone::{Zone, ZoneError, Zones},
+};
+
+/// Label of the debug name under a GSLB name: `_why.<name>` explains the decision.
+pub const WHY_LABEL: &str = "_why";
+
+/// One consistent generation of serving state.
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Arc<DnsConfig>,
+    pub zones: Zones,
+    pub geo: Option<Arc<GeoDb>>,
+    pub operator: OperatorState,
+    pub steering: SteeringTable,
+    /// GSLB name (lower-case) → its policy.
+    pub gslb_by_name: HashMap<Name, PolicyIdx>,
+    /// `_why.<GSLB name>` (lower-case) → the policy it explains, for policies with `why = true`.
+    pub why_by_name: HashMap<Name, PolicyIdx>,
+    /// GSLB names as text, by policy index, for metric labels.
+    gslb_labels: Vec<Arc<str>>,
+}
+
+/// Why a snapshot could not be built. Every variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("zone {origin}: {source}")]
+    Zone { origin: String, source: ZoneError },
+    #[error("{0}")]
+    Zones(ZoneError),
+    #[error("GSLB name {name}: {source}")]
+    GslbName { name: String, source: ZoneError },
+    #[error("GSLB name {name}: no configured zone contains it")]
+    GslbOutsideZones { name: String },
+    #[error(transparent)]
+    GeoIp(#[from] GeoError),
+    #[error(transparent)]
+    OperatorState(#[from] OperatorStateError),
+}
+
+impl Snapshot {
+    /// Loads the config file and everything it names, and precomputes the steering table.
+    pub fn load(config_path: &Path, generation: u64) -> Result<Snapshot, SnapshotError> {
+        let config = config::load_dns_config(config_path)?;
+        Snapshot::build(config, generation)
+    }
+
+    /// Loads zones, GeoIP and operator state named by an already validated config.
+    pub fn build(config: DnsConfig, generation: u64) -> Result<Snapshot, SnapshotError> {
+        let mut zones = Vec::with_capacity(config.zones.len());
+        for source in &config.zones {
+            let zone = Zone::load(&source.origin, &source.file).map_err(|source_err| {
+                SnapshotError::Zone {
+                    origin: source.origin.to_ascii(),
+                    source: source_err,
+                }
+            })?;
+            zones.push(zone);
+        }
+        // GSLB names live inside a zone and share its SOA/NS; the zone learns of them so that
+        // other types at the name get NODATA and names above them are empty non-terminals.
+        for gslb in &config.gslb {
+            let Some(zone) = zones.iter_mut().find(|z| z.origin() == &gslb.zone) else {
+                return Err(SnapshotError::GslbOutsideZones {
+                    name: gslb.name.to_ascii(),
+                });
+            };
+            zone.add_dynamic_name(&gslb.name)
+                .map_err(|source| SnapshotError::GslbName {
+                    name: gslb.name.to_ascii(),
+                    source,
+                })?;
+            if gslb.policy.why {
+                let why = why_name(&gslb.name).map_err(|source| SnapshotError::GslbName {
+                    name: gslb.name.to_ascii(),
+                    source,
+                })?;
+                zone.add_dynamic_name(&why)
+                    .map_err(|source| SnapshotError::GslbName {
+                        name: why.to_ascii(),
+                        source,
+                    })?;
+            }
+        }
+        let zones = Zones::new(zones).map_err(SnapshotError::Zones)?;
+
+        let geo = match &config.geoip {
+            Some(source) => Some(Arc::new(GeoDb::open(&source.path)?)),
+            None => None,
+        };
+        let networks = match &geo {
+            Some(db) => Some(db.located_networks()?),
+            None => None,
+        };
+        let operator = match &config.operator_state_file {
+            Some(path) => OperatorState::load(path)?,
+            None => OperatorState::default(),
+        };
+        for unknown in operator.unknown_regions(&config) {
+            tracing::warn!(region = %unknown, "operator state names a region the config does not have; ignored");
+        }
+        let steering = SteeringTable::build(&config, networks.as_ref(), &operator);
+
+        let mut gslb_by_name = HashMap::with_capacity(config.gslb.len());
+        let mut why_by_name = HashMap::new();
+        for (index, gslb) in config.gslb.iter().enumerate() {
+            let idx = PolicyIdx(index as u32);
+            gslb_by_name.insert(gslb.name.clone(), idx);
+            if gslb.policy.why
+                && let Ok(why) = why_name(&gslb.name)
+            {
+                why_by_name.insert(why, idx);
+            }
+        }
+
+        let gslb_labels = config
+            .gslb
+            .iter()
+            .map(|g| Arc::from(g.name.to_ascii()))
+            .collect();
+        Ok(Snapshot {
+            gslb_labels,
+            generation,
+            config: Arc::new(config),
+            zones,
+            geo,
+            operator,
+            steering,
+            gslb_by_name,
+            why_by_name,
+        })
+    }
+
+    /// GSLB names as text, by policy index.
+    pub fn steering_names(&self) -> &[Arc<str>] {
+        &self.gslb_labels
+    }
+
+    /// Every file whose change should trigger a reload.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.config.source.clone()];
+        files.extend(self.config.zones.iter().map(|z| z.file.clone()));
+        files.extend(self.config.geoip.iter().map(|g| g.path.clone()));
+        files.extend(self.config.operator_state_file.iter().cloned());
+        files
+    }
+}
+
+fn why_name(name: &Name) -> Result<Name, ZoneError> {
+    name.prepend_label(WHY_LABEL)
+        .map_err(|e| ZoneError::InvalidName {
+            name: format!("{WHY_LABEL}.{name}"),
+            reason: e.to_string(),
+        })
+}
+
+/// The published snapshot, and how reloads replace it.
+pub struct SnapshotStore {
+    current: ArcSwap<Snapshot>,
+    config_path: PathBuf,
+    next_generation: AtomicU64,
+    /// Reloads run one at a time, so a slow older build can never overwrite a newer one.
+    reload_lock: Mutex<()>,
+}
+
+/// The outcome of one reload attempt, for logs, metrics and tests.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Loaded { generation: u64, took: std::time::Duration },
+    Rejected(SnapshotError),
+}
+
+impl SnapshotStore {
+    /// Builds the first snapshot; failure here is fatal to start-up (the caller exits 64).
+    pub fn open(config_path: &Path) -> Result<SnapshotStore, SnapshotError> {
+        let snapshot = Snapshot::load(config_path, 1)?;
+        Ok(SnapshotStore {
+            current: ArcSwap::from_pointee(snapshot),
+            config_path: config_path.to_path_buf(),
+            next_generation: AtomicU64::new(2),
+            reload_lock: Mutex::new(()),
+        })
+    }
+
+    /// Wraps an already built snapshot (tests, benchmarks).
+    pub fn from_snapshot(snapshot: Snapshot, config_path: &Path) -> SnapshotStore {
+        let next = snapshot.generation + 1;
+        SnapshotStore {
+            current: ArcSwap::from_pointee(snapshot),
+            config_path: config_path.to_path_buf(),
+            next_generation: AtomicU64::new(next),
+            reload_lock: Mutex::new(()),
+        }
+    }
+
+    /// The query path's only access: one atomic load.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Rebuilds everything from the files; on any error the current snapshot keeps serving.
+    /// Blocking (file IO, GeoIP precomputation): call it off the async workers.
+    pub fn reload(&self) -> ReloadOutcome {
+        // A poisoned lock only means an earlier reload panicked; the data it guards is `()`.
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        match Snapshot::load(&self.config_path, generation) {
+            Ok(snapshot) => {
+                self.current.store(Arc::new(snapshot));
+                ReloadOutcome::Loaded {
+                    generation,
+                    took: started.elapsed(),
+                }
+            }
+            Err(error) => ReloadOutcome::Rejected(error),
+        }
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+}
