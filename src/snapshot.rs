@@ -59,6 +59,8 @@ pub enum SnapshotError {
     GslbName { name: String, source: ZoneError },
     #[error("GSLB name {name}: no configured zone contains it")]
     GslbOutsideZones { name: String },
+    #[error("GSLB name {name}: cannot form its debug name {WHY_LABEL}.{name}: {reason}")]
+    WhyName { name: String, reason: String },
     #[error(transparent)]
     GeoIp(#[from] GeoError),
     #[error(transparent)]
@@ -98,10 +100,7 @@ impl Snapshot {
                     source,
                 })?;
             if gslb.policy.why {
-                let why = why_name(&gslb.name).map_err(|source| SnapshotError::GslbName {
-                    name: gslb.name.to_ascii(),
-                    source,
-                })?;
+                let why = why_name(&gslb.name)?;
                 zone.add_dynamic_name(&why)
                     .map_err(|source| SnapshotError::GslbName {
                         name: why.to_ascii(),
@@ -173,10 +172,10 @@ impl Snapshot {
     }
 }
 
-fn why_name(name: &Name) -> Result<Name, ZoneError> {
+fn why_name(name: &Name) -> Result<Name, SnapshotError> {
     name.prepend_label(WHY_LABEL)
-        .map_err(|e| ZoneError::InvalidName {
-            name: format!("{WHY_LABEL}.{name}"),
+        .map_err(|e| SnapshotError::WhyName {
+            name: name.to_ascii(),
             reason: e.to_string(),
         })
 }
