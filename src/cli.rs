@@ -133,7 +133,10 @@ fn run_dns(config: &Path, listen: Vec<SocketAddr>, ready_file: Option<PathBuf>) 
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("meridian: cannot start the async runtime: {error}");
@@ -190,9 +193,17 @@ async fn serve_dns(
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(listener) = metrics_listener {
-        tasks.spawn(metrics::serve_metrics(listener, metrics.clone(), shutdown.clone()));
+        tasks.spawn(metrics::serve_metrics(
+            listener,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
     }
-    tasks.spawn(reload::run(store.clone(), metrics.clone(), shutdown.clone()));
+    tasks.spawn(reload::run(
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(server::serve(
         listeners,
         store.clone(),
@@ -223,8 +234,10 @@ async fn serve_dns(
 
 async fn wait_for_termination() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process can only be killed; serve until then.
         return std::future::pending().await;
     };

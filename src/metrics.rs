@@ -92,8 +92,9 @@ impl Metrics {
         let reloads = Family::<ReloadLabels, Counter>::default();
         let generation = Gauge::default();
         // 1 µs .. ~16 ms: the handler is CPU-only, anything slower is a bug worth seeing.
-        let handle_seconds =
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-6, 2.0, 15));
+        let handle_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1e-6, 2.0, 15),
+        );
         registry.register(
             "responses",
             "Responses sent, by transport, RCODE and answer source",
@@ -206,8 +207,11 @@ impl Metrics {
     }
 
     pub fn reload_loaded(&self, generation: u64) {
-        self.reloads.get_or_create(&ReloadLabels { result: "loaded" }).inc();
-        self.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.reloads
+            .get_or_create(&ReloadLabels { result: "loaded" })
+            .inc();
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     pub fn reload_rejected(&self) {
@@ -261,14 +265,18 @@ pub async fn serve_metrics(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut request = vec![0u8; 2048];
-            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
             let Ok(Ok(n)) = read else { return };
             let head = String::from_utf8_lossy(&request[..n]);
             let path_ok = head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?");
             let (status, body) = if path_ok {
                 ("200 OK", metrics.encode())
             } else {
-                ("404 Not Found", "only GET /metrics is served here\n".to_string())
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served here\n".to_string(),
+                )
             };
             let response = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -25,7 +25,11 @@ use crate::{
 const SETTLE: Duration = Duration::from_millis(150);
 
 /// Runs until `shutdown` turns true.
-pub async fn run(store: Arc<SnapshotStore>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    store: Arc<SnapshotStore>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
         Err(error) => {
@@ -117,7 +121,9 @@ impl FileWatch {
     }
 
     fn follow(&mut self, files: &[PathBuf]) {
-        let Some(watcher) = &mut self.watcher else { return };
+        let Some(watcher) = &mut self.watcher else {
+            return;
+        };
         let absolute: HashSet<PathBuf> = files.iter().map(|f| absolute(f)).collect();
         let folders: HashSet<PathBuf> = absolute
             .iter()

@@ -52,11 +52,17 @@ pub enum SnapshotError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("zone {origin}: {source}")]
-    Zone { origin: String, source: ZoneError },
+    Zone {
+        origin: String,
+        source: Box<ZoneError>,
+    },
     #[error("{0}")]
-    Zones(ZoneError),
+    Zones(Box<ZoneError>),
     #[error("GSLB name {name}: {source}")]
-    GslbName { name: String, source: ZoneError },
+    GslbName {
+        name: String,
+        source: Box<ZoneError>,
+    },
     #[error("GSLB name {name}: no configured zone contains it")]
     GslbOutsideZones { name: String },
     #[error("GSLB name {name}: cannot form its debug name {WHY_LABEL}.{name}: {reason}")]
@@ -81,7 +87,7 @@ impl Snapshot {
             let zone = Zone::load(&source.origin, &source.file).map_err(|source_err| {
                 SnapshotError::Zone {
                     origin: source.origin.to_ascii(),
-                    source: source_err,
+                    source: Box::new(source_err),
                 }
             })?;
             zones.push(zone);
@@ -97,18 +103,18 @@ impl Snapshot {
             zone.add_dynamic_name(&gslb.name)
                 .map_err(|source| SnapshotError::GslbName {
                     name: gslb.name.to_ascii(),
-                    source,
+                    source: Box::new(source),
                 })?;
             if gslb.policy.why {
                 let why = why_name(&gslb.name)?;
                 zone.add_dynamic_name(&why)
                     .map_err(|source| SnapshotError::GslbName {
                         name: why.to_ascii(),
-                        source,
+                        source: Box::new(source),
                     })?;
             }
         }
-        let zones = Zones::new(zones).map_err(SnapshotError::Zones)?;
+        let zones = Zones::new(zones).map_err(|e| SnapshotError::Zones(Box::new(e)))?;
 
         let geo = match &config.geoip {
             Some(source) => Some(Arc::new(GeoDb::open(&source.path)?)),
@@ -192,7 +198,10 @@ pub struct SnapshotStore {
 /// The outcome of one reload attempt, for logs, metrics and tests.
 #[derive(Debug)]
 pub enum ReloadOutcome {
-    Loaded { generation: u64, took: std::time::Duration },
+    Loaded {
+        generation: u64,
+        took: std::time::Duration,
+    },
     Rejected(SnapshotError),
 }
 

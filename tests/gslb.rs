@@ -36,13 +36,20 @@ async fn ecs_steers_each_listed_network_to_its_region_with_a_scope() {
     ];
     for (subnet, expected) in table {
         let response = ask(&client, "api.example.test.", RecordType::A, Some(subnet)).await;
-        assert_eq!(response.metadata.response_code, ResponseCode::NoError, "{subnet}");
+        assert_eq!(
+            response.metadata.response_code,
+            ResponseCode::NoError,
+            "{subnet}"
+        );
         assert!(response.metadata.authoritative, "{subnet}: AA");
         assert_eq!(addresses(&response), vec![ip(expected)], "{subnet}");
         let echoed = echoed_subnet(&response).expect("ECS echoed");
         let source: ipnet::IpNet = subnet.parse().unwrap();
         assert_eq!(echoed.source_prefix(), source.prefix_len(), "{subnet}");
-        assert!(echoed.scope_prefix() > 0, "{subnet}: geo answer needs a scope");
+        assert!(
+            echoed.scope_prefix() > 0,
+            "{subnet}: geo answer needs a scope"
+        );
         assert!(
             echoed.scope_prefix() <= source.prefix_len(),
             "{subnet}: scope {} wider than allowed",
@@ -57,13 +64,25 @@ async fn ecs_steers_each_listed_network_to_its_region_with_a_scope() {
 async fn ipv6_ecs_and_aaaa_answers() {
     let server = TestServer::start(&bundled_config()).await;
     let client = udp_client(server.addr).await;
-    let response = ask(&client, "api.example.test.", RecordType::AAAA, Some("2a02:2e0::/32")).await;
+    let response = ask(
+        &client,
+        "api.example.test.",
+        RecordType::AAAA,
+        Some("2a02:2e0::/32"),
+    )
+    .await;
     assert_eq!(addresses(&response), vec![ip(EU_WEST_V6)]);
     let echoed = echoed_subnet(&response).expect("ECS echoed");
     assert_eq!(echoed.source_prefix(), 32);
     assert!(echoed.scope_prefix() > 0 && echoed.scope_prefix() <= 32);
 
-    let us = ask(&client, "api.example.test.", RecordType::A, Some("2001:4860::/32")).await;
+    let us = ask(
+        &client,
+        "api.example.test.",
+        RecordType::A,
+        Some("2001:4860::/32"),
+    )
+    .await;
     assert_eq!(addresses(&us), vec![ip(US_EAST_V4)]);
     server.stop().await;
 }
@@ -84,7 +103,13 @@ async fn no_ecs_in_the_response_to_a_query_without_one() {
 async fn zone_answers_echo_ecs_with_scope_zero() {
     let server = TestServer::start(&bundled_config()).await;
     let client = udp_client(server.addr).await;
-    let response = ask(&client, "example.test.", RecordType::SOA, Some("81.2.69.0/24")).await;
+    let response = ask(
+        &client,
+        "example.test.",
+        RecordType::SOA,
+        Some("81.2.69.0/24"),
+    )
+    .await;
     assert_eq!(response.answers.len(), 1);
     let echoed = echoed_subnet(&response).expect("ECS echoed");
     assert_eq!(echoed.scope_prefix(), 0);
@@ -100,7 +125,11 @@ async fn tcp_answers_match_udp() {
         let over_udp = ask(&udp, "api.example.test.", RecordType::A, Some(subnet)).await;
         let over_tcp = ask(&tcp, "api.example.test.", RecordType::A, Some(subnet)).await;
         assert_eq!(addresses(&over_udp), addresses(&over_tcp), "{subnet}");
-        assert_eq!(echoed_subnet(&over_udp), echoed_subnet(&over_tcp), "{subnet}");
+        assert_eq!(
+            echoed_subnet(&over_udp),
+            echoed_subnet(&over_tcp),
+            "{subnet}"
+        );
     }
     server.stop().await;
 }
@@ -109,9 +138,18 @@ async fn tcp_answers_match_udp() {
 async fn cname_into_a_gslb_name_is_steered() {
     let server = TestServer::start(&bundled_config()).await;
     let client = udp_client(server.addr).await;
-    let response = ask(&client, "chat.example.test.", RecordType::A, Some("81.2.69.0/24")).await;
+    let response = ask(
+        &client,
+        "chat.example.test.",
+        RecordType::A,
+        Some("81.2.69.0/24"),
+    )
+    .await;
     assert_eq!(response.metadata.response_code, ResponseCode::NoError);
-    assert!(matches!(response.answers[0].data, RData::CNAME(_)), "{response:?}");
+    assert!(
+        matches!(response.answers[0].data, RData::CNAME(_)),
+        "{response:?}"
+    );
     assert_eq!(addresses(&response), vec![ip(EU_WEST_V4)]);
     server.stop().await;
 }
@@ -131,7 +169,13 @@ async fn other_types_at_a_gslb_name_are_nodata_with_soa() {
 async fn why_query_explains_the_decision_for_this_client() {
     let server = TestServer::start(&bundled_config()).await;
     let client = udp_client(server.addr).await;
-    let response = ask(&client, "_why.api.example.test.", RecordType::TXT, Some("81.2.69.0/24")).await;
+    let response = ask(
+        &client,
+        "_why.api.example.test.",
+        RecordType::TXT,
+        Some("81.2.69.0/24"),
+    )
+    .await;
     assert_eq!(response.metadata.response_code, ResponseCode::NoError);
     let text: Vec<String> = response
         .answers
@@ -156,24 +200,46 @@ async fn other_modes_answer() {
     let client = udp_client(server.addr).await;
     // Failover: first in the configured order, whoever asks.
     for subnet in ["8.8.8.0/24", "133.242.0.0/16"] {
-        let response = ask(&client, "failover.example.test.", RecordType::A, Some(subnet)).await;
+        let response = ask(
+            &client,
+            "failover.example.test.",
+            RecordType::A,
+            Some(subnet),
+        )
+        .await;
         assert_eq!(addresses(&response), vec![ip(EU_WEST_V4)], "{subnet}");
         assert_eq!(echoed_subnet(&response).unwrap().scope_prefix(), 0);
     }
     // Nearest: Tokyo is nearer to Mumbai than to Dublin or Ashburn.
-    let response = ask(&client, "nearest.example.test.", RecordType::A, Some("133.242.0.0/16")).await;
+    let response = ask(
+        &client,
+        "nearest.example.test.",
+        RecordType::A,
+        Some("133.242.0.0/16"),
+    )
+    .await;
     assert_eq!(addresses(&response), vec![ip(AP_SOUTH_V4)]);
     // Weighted: every region shows up over enough queries, and scope is 0.
     let mut seen = std::collections::HashSet::new();
     for _ in 0..200 {
-        let response = ask(&client, "weighted.example.test.", RecordType::A, Some("8.8.8.0/24")).await;
+        let response = ask(
+            &client,
+            "weighted.example.test.",
+            RecordType::A,
+            Some("8.8.8.0/24"),
+        )
+        .await;
         assert_eq!(echoed_subnet(&response).unwrap().scope_prefix(), 0);
         seen.extend(addresses(&response));
         if seen.len() == 3 {
             break;
         }
     }
-    assert_eq!(seen.len(), 3, "weighted answers cover all regions: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        3,
+        "weighted answers cover all regions: {seen:?}"
+    );
     server.stop().await;
 }
 
@@ -182,7 +248,13 @@ async fn drained_region_is_skipped_and_ttl_lowered() {
     let scratch = Scratch::new();
     let server = TestServer::start(&scratch.config()).await;
     let client = udp_client(server.addr).await;
-    let before = ask(&client, "api.example.test.", RecordType::A, Some("81.2.69.0/24")).await;
+    let before = ask(
+        &client,
+        "api.example.test.",
+        RecordType::A,
+        Some("81.2.69.0/24"),
+    )
+    .await;
     assert_eq!(addresses(&before), vec![ip(EU_WEST_V4)]);
 
     scratch.replace(
@@ -193,9 +265,22 @@ async fn drained_region_is_skipped_and_ttl_lowered() {
         meridian::snapshot::ReloadOutcome::Loaded { .. } => {}
         other => panic!("reload failed: {other:?}"),
     }
-    let after = ask(&client, "api.example.test.", RecordType::A, Some("81.2.69.0/24")).await;
-    assert_eq!(addresses(&after), vec![ip(US_EAST_V4)], "EU falls back to us-east");
-    assert!(after.answers[0].ttl < 30, "TTL lowered while a candidate drains");
+    let after = ask(
+        &client,
+        "api.example.test.",
+        RecordType::A,
+        Some("81.2.69.0/24"),
+    )
+    .await;
+    assert_eq!(
+        addresses(&after),
+        vec![ip(US_EAST_V4)],
+        "EU falls back to us-east"
+    );
+    assert!(
+        after.answers[0].ttl < 30,
+        "TTL lowered while a candidate drains"
+    );
     server.stop().await;
 }
 
@@ -214,7 +299,13 @@ async fn malformed_ecs_is_formerr_and_the_server_keeps_answering() {
     assert_eq!(response[3] & 0x0f, 1, "RCODE FORMERR");
 
     let client = udp_client(server.addr).await;
-    let ok = ask(&client, "api.example.test.", RecordType::A, Some("81.2.69.0/24")).await;
+    let ok = ask(
+        &client,
+        "api.example.test.",
+        RecordType::A,
+        Some("81.2.69.0/24"),
+    )
+    .await;
     assert_eq!(addresses(&ok), vec![ip(EU_WEST_V4)]);
     server.stop().await;
 }

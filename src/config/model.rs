@@ -113,7 +113,10 @@ pub struct Coordinates {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoints {
     /// At least one of the two lists is non-empty.
-    Addresses { v4: Vec<Ipv4Addr>, v6: Vec<Ipv6Addr> },
+    Addresses {
+        v4: Vec<Ipv4Addr>,
+        v6: Vec<Ipv6Addr>,
+    },
     /// A CNAME target (lower-case, fully qualified), e.g. a cloud load balancer's name.
     Cname(Name),
 }

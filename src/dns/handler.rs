@@ -95,7 +95,13 @@ pub fn respond(
     let limit = response_limit(snapshot, &query, transport);
     let mut reply = Reply::new(ResponseCode::NoError);
     let source = answer(snapshot, &query, peer, seed, now, &mut reply);
-    let truncated = encode(&query, &reply, snapshot.config.limits.max_udp_payload, limit, out);
+    let truncated = encode(
+        &query,
+        &reply,
+        snapshot.config.limits.max_udp_payload,
+        limit,
+        out,
+    );
     Some(Summary {
         rcode: reply.rcode,
         source,
@@ -310,12 +316,16 @@ fn render_decision(
         }
     };
     let ttl = decision.ttl;
-    let first = regions.first().map(|r| &snapshot.config.region(*r).endpoints);
+    let first = regions
+        .first()
+        .map(|r| &snapshot.config.region(*r).endpoints);
     // A name owning a CNAME owns nothing else: a CNAME region answers alone.
     if let Some(Endpoints::Cname(target)) = first {
-        reply
-            .answers
-            .push(Record::from_rdata(name.clone(), ttl, RData::CNAME(CNAME(target.clone()))));
+        reply.answers.push(Record::from_rdata(
+            name.clone(),
+            ttl,
+            RData::CNAME(CNAME(target.clone())),
+        ));
         return;
     }
     for region in regions.iter() {
@@ -329,9 +339,11 @@ fn render_decision(
             }
             if matches!(qtype, RecordType::AAAA | RecordType::ANY) {
                 for addr in v6 {
-                    reply
-                        .answers
-                        .push(Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(*addr))));
+                    reply.answers.push(Record::from_rdata(
+                        name.clone(),
+                        ttl,
+                        RData::AAAA(AAAA(*addr)),
+                    ));
                 }
             }
         }
@@ -395,11 +407,10 @@ fn response_limit(snapshot: &Snapshot, query: &Query, transport: Transport) -> u
     match (transport, &query.edns) {
         (Transport::Tcp, _) => TCP_MAX_MESSAGE,
         (Transport::Udp, None) => CLASSIC_UDP_LIMIT,
-        (Transport::Udp, Some(edns)) => usize::from(
-            edns.udp_payload
-                .min(snapshot.config.limits.max_udp_payload),
-        )
-        .max(CLASSIC_UDP_LIMIT),
+        (Transport::Udp, Some(edns)) => {
+            usize::from(edns.udp_payload.min(snapshot.config.limits.max_udp_payload))
+                .max(CLASSIC_UDP_LIMIT)
+        }
     }
 }
 
@@ -449,12 +460,13 @@ fn response_edns(query_edns: &wire::Edns, our_payload: u16, ecs_scope: Option<u8
     edns.set_version(0);
     edns.set_dnssec_ok(query_edns.dnssec_ok);
     if let (Some(subnet), Some(scope)) = (query_edns.client_subnet, ecs_scope) {
-        edns.options_mut()
-            .insert(EdnsOption::Subnet(hickory_proto::rr::rdata::opt::ClientSubnet::new(
+        edns.options_mut().insert(EdnsOption::Subnet(
+            hickory_proto::rr::rdata::opt::ClientSubnet::new(
                 subnet.address,
                 subnet.source_prefix,
                 scope,
-            )));
+            ),
+        ));
     }
     edns
 }
@@ -469,10 +481,12 @@ fn malformed_response(error: &QueryError, out: &mut Vec<u8>) -> Summary {
     let (id, opcode, rcode, question) = match error {
         QueryError::FormErr { id, opcode, .. } => (*id, *opcode, ResponseCode::FormErr, None),
         QueryError::NotImp { id, opcode } => (*id, *opcode, ResponseCode::NotImp, None),
-        QueryError::BadVersion { id, question } => (*id, 0, ResponseCode::BADVERS, question.clone()),
+        QueryError::BadVersion { id, question } => {
+            (*id, 0, ResponseCode::BADVERS, question.clone())
+        }
         QueryError::Drop { .. } => (0, 0, ResponseCode::FormErr, None),
     };
-    let mut message = Message::new(id, MessageType::Response, OpCode::from(opcode));
+    let mut message = Message::new(id, MessageType::Response, OpCode::from_u8(opcode));
     message.metadata.response_code = rcode;
     if let Some((name, qtype, qclass)) = question {
         let mut q = Question::query(name, qtype);

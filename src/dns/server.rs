@@ -61,14 +61,20 @@ impl Listeners {
 
 async fn bind_pair(address: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     if address.port() != 0 {
-        let udp = UdpSocket::bind(address).await.map_err(|e| bind_error(address, "UDP", e))?;
-        let tcp = TcpListener::bind(address).await.map_err(|e| bind_error(address, "TCP", e))?;
+        let udp = UdpSocket::bind(address)
+            .await
+            .map_err(|e| bind_error(address, "UDP", e))?;
+        let tcp = TcpListener::bind(address)
+            .await
+            .map_err(|e| bind_error(address, "TCP", e))?;
         return Ok((udp, tcp));
     }
     // Port 0: the UDP port the kernel picks may be taken for TCP; try a few times.
     let mut last_error = None;
     for _ in 0..16 {
-        let udp = UdpSocket::bind(address).await.map_err(|e| bind_error(address, "UDP", e))?;
+        let udp = UdpSocket::bind(address)
+            .await
+            .map_err(|e| bind_error(address, "UDP", e))?;
         let picked = udp.local_addr()?;
         match TcpListener::bind(picked).await {
             Ok(tcp) => return Ok((udp, tcp)),
@@ -231,9 +237,16 @@ async fn serve_tcp(
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            if let Err(error) =
-                serve_tcp_connection(stream, peer, &store, &metrics, &seeds, idle_timeout, shutdown)
-                    .await
+            if let Err(error) = serve_tcp_connection(
+                stream,
+                peer,
+                &store,
+                &metrics,
+                &seeds,
+                idle_timeout,
+                shutdown,
+            )
+            .await
             {
                 debug!(%error, %peer, "TCP connection ended with an error");
             }

@@ -122,8 +122,8 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, QueryError> {
     decoder
         .read_slice(12)
         .map_err(|_| QueryError::form(id, opcode, "truncated header"))?;
-    let name = Name::read(&mut decoder)
-        .map_err(|_| QueryError::form(id, opcode, "bad question name"))?;
+    let name =
+        Name::read(&mut decoder).map_err(|_| QueryError::form(id, opcode, "bad question name"))?;
     let qtype = read_u16(&mut decoder).ok_or(QueryError::form(id, opcode, "truncated question"))?;
     let qclass =
         read_u16(&mut decoder).ok_or(QueryError::form(id, opcode, "truncated question"))?;
@@ -137,8 +137,10 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, QueryError> {
     for _ in 0..arcount {
         let owner = Name::read(&mut decoder)
             .map_err(|_| QueryError::form(id, opcode, "bad additional record name"))?;
-        let rtype = read_u16(&mut decoder).ok_or(QueryError::form(id, opcode, "truncated record"))?;
-        let class = read_u16(&mut decoder).ok_or(QueryError::form(id, opcode, "truncated record"))?;
+        let rtype =
+            read_u16(&mut decoder).ok_or(QueryError::form(id, opcode, "truncated record"))?;
+        let class =
+            read_u16(&mut decoder).ok_or(QueryError::form(id, opcode, "truncated record"))?;
         let ttl = read_u32(&mut decoder).ok_or(QueryError::form(id, opcode, "truncated record"))?;
         let rdlength =
             read_u16(&mut decoder).ok_or(QueryError::form(id, opcode, "truncated record"))?;
@@ -154,7 +156,11 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, QueryError> {
             return Err(QueryError::form(id, opcode, "more than one OPT record"));
         }
         if !owner.is_root() {
-            return Err(QueryError::form(id, opcode, "OPT record not owned by the root"));
+            return Err(QueryError::form(
+                id,
+                opcode,
+                "OPT record not owned by the root",
+            ));
         }
         let version = ((ttl >> 16) & 0xff) as u8;
         if version != 0 {
@@ -163,7 +169,8 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, QueryError> {
                 question: Some((name.clone(), qtype, qclass)),
             });
         }
-        let client_subnet = parse_options(rdata).map_err(|reason| QueryError::form(id, opcode, reason))?;
+        let client_subnet =
+            parse_options(rdata).map_err(|reason| QueryError::form(id, opcode, reason))?;
         edns = Some(Edns {
             udp_payload: class.max(512),
             version,
@@ -172,7 +179,11 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, QueryError> {
         });
     }
     if !decoder.is_empty() {
-        return Err(QueryError::form(id, opcode, "trailing bytes after the last record"));
+        return Err(QueryError::form(
+            id,
+            opcode,
+            "trailing bytes after the last record",
+        ));
     }
 
     Ok(Query {
@@ -188,11 +199,17 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, QueryError> {
 }
 
 fn read_u16(decoder: &mut BinDecoder<'_>) -> Option<u16> {
-    decoder.read_u16().ok().map(|v| v.unverified(/* any value is valid */))
+    decoder
+        .read_u16()
+        .ok()
+        .map(|v| v.unverified(/* any value is valid */))
 }
 
 fn read_u32(decoder: &mut BinDecoder<'_>) -> Option<u32> {
-    decoder.read_u32().ok().map(|v| v.unverified(/* any value is valid */))
+    decoder
+        .read_u32()
+        .ok()
+        .map(|v| v.unverified(/* any value is valid */))
 }
 
 fn skip_record(decoder: &mut BinDecoder<'_>) -> Option<()> {
@@ -252,7 +269,7 @@ pub fn parse_client_subnet(data: &[u8]) -> Result<ClientSubnet, &'static str> {
     }
     let mut octets = [0u8; 16];
     octets[..address.len()].copy_from_slice(address);
-    if source_prefix % 8 != 0 {
+    if !source_prefix.is_multiple_of(8) {
         let last = address.len() - 1;
         let host_mask = 0xffu8 >> (source_prefix % 8);
         if octets[last] & host_mask != 0 {
@@ -298,7 +315,20 @@ mod tests {
 
     /// A query for `name`/`qtype` with an optional OPT record carrying `options`.
     fn packet(name: &[u8], qtype: u16, opt: Option<&[u8]>) -> Vec<u8> {
-        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(opt.is_some())];
+        let mut p = vec![
+            0x12,
+            0x34,
+            0x01,
+            0x00,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u8::from(opt.is_some()),
+        ];
         p.extend_from_slice(name);
         p.extend_from_slice(&qtype.to_be_bytes());
         p.extend_from_slice(&1u16.to_be_bytes());
@@ -380,10 +410,16 @@ mod tests {
 
     #[test]
     fn garbage_is_dropped_or_formerr_never_a_panic() {
-        assert!(matches!(parse_query(&[1, 2, 3]), Err(QueryError::Drop { .. })));
+        assert!(matches!(
+            parse_query(&[1, 2, 3]),
+            Err(QueryError::Drop { .. })
+        ));
         let mut response = packet(API, 1, None);
         response[2] |= 0x80;
-        assert!(matches!(parse_query(&response), Err(QueryError::Drop { .. })));
+        assert!(matches!(
+            parse_query(&response),
+            Err(QueryError::Drop { .. })
+        ));
 
         // A name whose label runs past the end of the packet.
         let mut p = packet(API, 1, None);
@@ -392,7 +428,10 @@ mod tests {
 
         // A compression pointer to itself.
         let looped = packet(b"\xc0\x0c", 1, None);
-        assert!(matches!(parse_query(&looped), Err(QueryError::FormErr { .. })));
+        assert!(matches!(
+            parse_query(&looped),
+            Err(QueryError::FormErr { .. })
+        ));
 
         // A label longer than 63 octets.
         let mut long = vec![64u8];
@@ -418,7 +457,10 @@ mod tests {
         // Trailing bytes.
         let mut trailing = packet(API, 1, None);
         trailing.push(0);
-        assert!(matches!(parse_query(&trailing), Err(QueryError::FormErr { .. })));
+        assert!(matches!(
+            parse_query(&trailing),
+            Err(QueryError::FormErr { .. })
+        ));
     }
 
     #[test]
@@ -435,7 +477,10 @@ mod tests {
         let mut edns1 = packet(API, 1, Some(&[]));
         let ttl_at = edns1.len() - 2 - 4;
         edns1[ttl_at + 1] = 1; // version byte
-        assert!(matches!(parse_query(&edns1), Err(QueryError::BadVersion { .. })));
+        assert!(matches!(
+            parse_query(&edns1),
+            Err(QueryError::BadVersion { .. })
+        ));
     }
 
     #[test]

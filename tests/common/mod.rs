@@ -211,14 +211,16 @@ pub fn addresses(message: &Message) -> Vec<IpAddr> {
 /// The ECS option of a response, if echoed.
 pub fn echoed_subnet(message: &Message) -> Option<ClientSubnet> {
     match message.edns.as_ref()?.option(EdnsCode::Subnet)? {
-        EdnsOption::Subnet(subnet) => Some(subnet.clone()),
+        EdnsOption::Subnet(subnet) => Some(*subnet),
         _ => None,
     }
 }
 
 /// Raw UDP exchange for crafted packets; `None` if nothing came back within `wait`.
 pub async fn raw_udp(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     socket.send_to(packet, addr).await.expect("send");
     let mut buffer = vec![0u8; 65_535];
     match tokio::time::timeout(wait, socket.recv_from(&mut buffer)).await {

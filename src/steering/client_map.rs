@@ -1,0 +1,809 @@
+//! Client maps: every client address → its ordered region preference (its *class*), with the
+//! widest ECS scope over which that answer cannot change.
+//!
+//! Built once per snapshot and per distinct ordering function, in linear passes over the GeoIP
+//! networks (gdnsd's approach): each distinct location is classified once, networks become
+//! ranges, gaps become the "no data" class, operator overrides are laid over the top (most
+//! specific wins), and neighbouring ranges with the same class are merged so the scope is as
+//! wide as the data allows. Lookups are one binary search and O(1) arithmetic.
+//!
+//! This module knows nothing about health, weights or the wire; it must stay free of IO.
+
+use std::{collections::HashMap, fmt::Debug, net::IpAddr, sync::Arc};
+
+use crate::{
+    config::model::{CidrOverride, RegionIdx},
+    geo::{LocatedNetworks, Location},
+};
+
+use super::Basis;
+
+/// How a client's location maps to a full ordering of a policy's candidates.
+pub(crate) trait Preference {
+    /// Writes the ordering for a client GeoIP located at `location` into `out` (empty on
+    /// entry) and says which rule produced it.
+    fn located(&self, location: &Location, out: &mut Vec<RegionIdx>) -> Basis;
+    /// The ordering for a client GeoIP knows nothing about.
+    fn unlocated(&self, out: &mut Vec<RegionIdx>) -> Basis;
+    /// The ordering for a client inside an operator override preferring `regions`; `false`
+    /// when none of them is a candidate, so the override does not apply to this policy.
+    fn overridden(&self, regions: &[RegionIdx], out: &mut Vec<RegionIdx>) -> bool;
+}
+
+/// Where a client's class came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MapOrigin {
+    /// Index into [`crate::config::model::DnsConfig::overrides`].
+    Override(u32),
+    /// A GeoIP network.
+    GeoIp,
+    /// No GeoIP network covers the address (or no database is loaded).
+    NoGeoData,
+}
+
+/// The answer of [`ClientMap::lookup`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLookup<'a> {
+    /// A full ordering of the policy's candidates, most preferred first.
+    pub class: &'a Arc<[RegionIdx]>,
+    /// Shortest prefix length whose aligned block around the address has this class
+    /// throughout: the ECS scope before clamping to the source prefix.
+    pub scope_len: u8,
+    pub origin: MapOrigin,
+    pub basis: Basis,
+}
+
+/// Everything one range of addresses shares. Ranges merge only when all of it is equal, so
+/// the reported origin stays exact while the scope uses the coarser class-only grouping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RangeInfo {
+    class: u32,
+    origin: MapOrigin,
+    basis: Basis,
+}
+
+/// A full partition of one address family.
+#[derive(Debug, Default)]
+struct RangeTable<A> {
+    /// Sorted; `starts[0]` is address zero; range `i` ends just before `starts[i + 1]`.
+    starts: Vec<A>,
+    infos: Vec<RangeInfo>,
+    /// For each range, its index in `classes_spans`.
+    span_of: Vec<u32>,
+    /// Maximal runs of consecutive ranges with the same class: `(first, last)` address.
+    class_spans: Vec<(A, A)>,
+}
+
+/// Per-family range tables of one ordering function. Shared (`Arc`) between all policies
+/// with the same ordering function.
+#[derive(Debug)]
+pub struct ClientMap {
+    classes: Vec<Arc<[RegionIdx]>>,
+    v4: RangeTable<u32>,
+    v6: RangeTable<u128>,
+}
+
+impl ClientMap {
+    pub(crate) fn build(
+        preference: &dyn Preference,
+        networks: Option<&LocatedNetworks>,
+        overrides: &[CidrOverride],
+    ) -> ClientMap {
+        let mut classes = ClassInterner::default();
+        let mut scratch = Vec::new();
+
+        let mut classify =
+            |scratch: &mut Vec<RegionIdx>, basis: Basis, origin: MapOrigin| RangeInfo {
+                class: classes.intern(scratch),
+                origin,
+                basis,
+            };
+
+        scratch.clear();
+        let basis = preference.unlocated(&mut scratch);
+        let unlocated = classify(&mut scratch, basis, MapOrigin::NoGeoData);
+
+        let empty = LocatedNetworks::default();
+        let networks = networks.unwrap_or(&empty);
+        let by_location: Vec<RangeInfo> = networks
+            .locations
+            .iter()
+            .map(|location| {
+                scratch.clear();
+                let basis = preference.located(location, &mut scratch);
+                classify(&mut scratch, basis, MapOrigin::GeoIp)
+            })
+            .collect();
+        let info_of = |id: crate::geo::LocationId| -> RangeInfo {
+            // A dangling id is a reader bug; treat the network as unlocated rather than panic.
+            usize::try_from(id.0)
+                .ok()
+                .and_then(|i| by_location.get(i).copied())
+                .unwrap_or(unlocated)
+        };
+
+        let mut over_v4 = Vec::new();
+        let mut over_v6 = Vec::new();
+        for (i, o) in overrides.iter().enumerate() {
+            scratch.clear();
+            if !preference.overridden(&o.regions, &mut scratch) {
+                continue;
+            }
+            let Ok(idx) = u32::try_from(i) else { break };
+            let info = classify(&mut scratch, Basis::Override, MapOrigin::Override(idx));
+            match o.network {
+                ipnet::IpNet::V4(n) => {
+                    over_v4.push((u32::from(n.network()), u32::from(n.broadcast()), info, idx))
+                }
+                ipnet::IpNet::V6(n) => over_v6.push((
+                    u128::from(n.network()),
+                    u128::from(n.broadcast()),
+                    info,
+                    idx,
+                )),
+            }
+        }
+
+        let v4 = RangeTable::build(
+            networks.networks.iter().filter_map(|(net, id)| match net {
+                ipnet::IpNet::V4(n) => Some((
+                    u32::from(n.network()),
+                    u32::from(n.broadcast()),
+                    info_of(*id),
+                )),
+                ipnet::IpNet::V6(_) => None,
+            }),
+            unlocated,
+            over_v4,
+        );
+        let v6 = RangeTable::build(
+            networks.networks.iter().filter_map(|(net, id)| match net {
+                ipnet::IpNet::V6(n) => Some((
+                    u128::from(n.network()),
+                    u128::from(n.broadcast()),
+                    info_of(*id),
+                )),
+                ipnet::IpNet::V4(_) => None,
+            }),
+            unlocated,
+            over_v6,
+        );
+        ClientMap {
+            classes: classes.classes,
+            v4,
+            v6,
+        }
+    }
+
+    /// The class of `addr` (already masked to the client's source prefix).
+    pub fn lookup(&self, addr: IpAddr) -> MapLookup<'_> {
+        let (info, scope_len) = match addr {
+            IpAddr::V4(a) => self.v4.lookup(u32::from(a)),
+            IpAddr::V6(a) => self.v6.lookup(u128::from(a)),
+        };
+        MapLookup {
+            // Class ids come from the interner that filled `classes`; the fallback is never
+            // taken but keeps the query path free of panics.
+            class: self
+                .classes
+                .get(info.class as usize)
+                .unwrap_or(&self.classes[0]),
+            scope_len,
+            origin: info.origin,
+            basis: info.basis,
+        }
+    }
+
+    /// Number of distinct ranges (IPv4, IPv6) after merging: a size figure for logs.
+    pub fn range_counts(&self) -> (usize, usize) {
+        (self.v4.starts.len(), self.v6.starts.len())
+    }
+
+    /// Number of distinct preference lists.
+    pub fn class_count(&self) -> usize {
+        self.classes.len()
+    }
+}
+
+#[derive(Default)]
+struct ClassInterner {
+    classes: Vec<Arc<[RegionIdx]>>,
+    index: HashMap<Arc<[RegionIdx]>, u32>,
+}
+
+impl ClassInterner {
+    fn intern(&mut self, list: &[RegionIdx]) -> u32 {
+        if let Some(&id) = self.index.get(list) {
+            return id;
+        }
+        // More distinct classes than u32 cannot come from ≤ u16 regions' orderings in practice;
+        // saturate rather than panic.
+        let id = u32::try_from(self.classes.len()).unwrap_or(u32::MAX);
+        let arc: Arc<[RegionIdx]> = Arc::from(list);
+        self.classes.push(arc.clone());
+        self.index.insert(arc, id);
+        id
+    }
+}
+
+/// An address family's integer form.
+pub(crate) trait Bits: Copy + Ord + Debug {
+    const WIDTH: u32;
+    const ZERO: Self;
+    const MAX: Self;
+    fn checked_inc(self) -> Option<Self>;
+    /// Only called on values known to be > 0.
+    fn dec(self) -> Self;
+    fn leading_zeros(self) -> u32;
+    fn trailing_zeros(self) -> u32;
+    fn trailing_ones(self) -> u32;
+    fn xor(self, other: Self) -> Self;
+}
+
+macro_rules! impl_bits {
+    ($t:ty) => {
+        impl Bits for $t {
+            const WIDTH: u32 = <$t>::BITS;
+            const ZERO: Self = 0;
+            const MAX: Self = <$t>::MAX;
+            fn checked_inc(self) -> Option<Self> {
+                self.checked_add(1)
+            }
+            fn dec(self) -> Self {
+                self.wrapping_sub(1)
+            }
+            fn leading_zeros(self) -> u32 {
+                <$t>::leading_zeros(self)
+            }
+            fn trailing_zeros(self) -> u32 {
+                <$t>::trailing_zeros(self)
+            }
+            fn trailing_ones(self) -> u32 {
+                <$t>::trailing_ones(self)
+            }
+            fn xor(self, other: Self) -> Self {
+                self ^ other
+            }
+        }
+    };
+}
+impl_bits!(u32);
+impl_bits!(u128);
+
+/// Shortest prefix length `p` such that the aligned `/p` block containing `a` lies inside
+/// `[lo, hi]` (which contains `a`).
+///
+/// With `k = WIDTH - p` host bits, the block starts at `a` with its low `k` bits cleared. That
+/// start stays ≥ `lo` for every `k` up to the highest bit where `a` and `lo` differ, and beyond
+/// that only while `lo`'s low `k` bits are zero; symmetrically for the end and `hi` with ones.
+pub(crate) fn scope_len<A: Bits>(a: A, lo: A, hi: A) -> u8 {
+    let highest_difference = |x: A, y: A| A::WIDTH - 1 - x.xor(y).leading_zeros();
+    let k_lo = if a == lo {
+        lo.trailing_zeros()
+    } else {
+        highest_difference(a, lo).max(lo.trailing_zeros())
+    };
+    let k_hi = if a == hi {
+        hi.trailing_ones()
+    } else {
+        highest_difference(a, hi).max(hi.trailing_ones())
+    };
+    let k = k_lo.min(k_hi).min(A::WIDTH);
+    // WIDTH ≤ 128, so this always fits.
+    u8::try_from(A::WIDTH - k).unwrap_or(u8::MAX)
+}
+
+/// A growing full partition from address zero; pushes must be contiguous. Neighbours with an
+/// equal payload are merged as they arrive, so memory follows the merged size, not the input.
+struct Coverage<A, P> {
+    starts: Vec<A>,
+    payloads: Vec<P>,
+    /// First address not yet covered; `None` once the family is fully covered.
+    next: Option<A>,
+}
+
+impl<A: Bits, P: Copy + PartialEq> Coverage<A, P> {
+    fn new() -> Self {
+        Self {
+            starts: Vec::new(),
+            payloads: Vec::new(),
+            next: Some(A::ZERO),
+        }
+    }
+
+    fn push(&mut self, start: A, end: A, payload: P) {
+        debug_assert_eq!(Some(start), self.next);
+        if self.payloads.last() != Some(&payload) {
+            self.starts.push(start);
+            self.payloads.push(payload);
+        }
+        self.next = end.checked_inc();
+    }
+
+    fn end_of(&self, i: usize) -> A {
+        self.starts.get(i + 1).map_or(A::MAX, |s| s.dec())
+    }
+
+    /// Covers the gap up to `start` with `gap`, then `[start, end]` with `payload`; input that
+    /// overlaps what is already covered is clipped (the reader promises sorted, disjoint
+    /// networks; a broken promise must not corrupt the table).
+    fn push_after_gap(&mut self, start: A, end: A, payload: P, gap: P) {
+        let Some(next) = self.next else { return };
+        if end < next {
+            return;
+        }
+        let start = start.max(next);
+        if start > next {
+            self.push(next, start.dec(), gap);
+        }
+        self.push(start, end, payload);
+    }
+
+    fn finish(mut self, gap: P) -> Self {
+        if let Some(next) = self.next {
+            self.push(next, A::MAX, gap);
+        }
+        self
+    }
+}
+
+/// Flattens nested-or-disjoint CIDR ranges into disjoint ones where the most specific wins;
+/// among identical networks the one listed first in the config wins.
+fn flatten_nested<A: Bits, P: Copy>(mut ranges: Vec<(A, A, P, u32)>) -> Vec<(A, A, P)> {
+    // Wider first at the same start, so a narrower one always nests inside the stack top;
+    // identical networks: later config index first, so the first-listed ends up on top.
+    ranges.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(b.3.cmp(&a.3)));
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut stack: Vec<(A, P)> = Vec::new();
+    let mut cursor: Option<A> = Some(A::ZERO);
+    for (start, end, payload, _) in ranges {
+        while let Some(&(top_end, top_payload)) = stack.last() {
+            if top_end >= start {
+                break;
+            }
+            if let Some(c) = cursor.filter(|&c| c <= top_end) {
+                out.push((c, top_end, top_payload));
+            }
+            // top_end < start ≤ MAX, so this cannot overflow.
+            cursor = top_end.checked_inc();
+            stack.pop();
+        }
+        if let (Some(&(_, top_payload)), Some(c)) = (stack.last(), cursor)
+            && c < start
+        {
+            out.push((c, start.dec(), top_payload));
+        }
+        cursor = Some(start);
+        stack.push((end, payload));
+    }
+    while let Some((top_end, top_payload)) = stack.pop() {
+        if let Some(c) = cursor.filter(|&c| c <= top_end) {
+            out.push((c, top_end, top_payload));
+            cursor = top_end.checked_inc();
+        }
+    }
+    out
+}
+
+impl<A: Bits> RangeTable<A> {
+    fn build(
+        located: impl Iterator<Item = (A, A, RangeInfo)>,
+        unlocated: RangeInfo,
+        overrides: Vec<(A, A, RangeInfo, u32)>,
+    ) -> Self {
+        let mut base = Coverage::new();
+        for (start, end, info) in located {
+            base.push_after_gap(start, end, info, unlocated);
+        }
+        let base = base.finish(unlocated);
+
+        let overrides = flatten_nested(overrides);
+        let merged = if overrides.is_empty() {
+            base
+        } else {
+            overlay(&base, &overrides)
+        };
+        Self::group(merged)
+    }
+
+    fn group(c: Coverage<A, RangeInfo>) -> Self {
+        let mut span_of = Vec::with_capacity(c.starts.len());
+        let mut class_spans: Vec<(A, A)> = Vec::new();
+        for (i, info) in c.payloads.iter().enumerate() {
+            let end = c.end_of(i);
+            let same = i > 0 && c.payloads[i - 1].class == info.class;
+            match class_spans.last_mut() {
+                Some(span) if same => span.1 = end,
+                _ => class_spans.push((c.starts[i], end)),
+            }
+            span_of.push(u32::try_from(class_spans.len() - 1).unwrap_or(u32::MAX));
+        }
+        Self {
+            starts: c.starts,
+            infos: c.payloads,
+            span_of,
+            class_spans,
+        }
+    }
+
+    fn lookup(&self, a: A) -> (RangeInfo, u8) {
+        // starts[0] is zero, so the partition point is ≥ 1.
+        let i = self.starts.partition_point(|&s| s <= a).saturating_sub(1);
+        let info = self.infos[i];
+        let (lo, hi) = self.class_spans[self.span_of[i] as usize];
+        (info, scope_len(a, lo, hi))
+    }
+}
+
+/// `base` (a full partition) with `overrides` (sorted, disjoint) laid on top.
+fn overlay<A: Bits, P: Copy + PartialEq>(
+    base: &Coverage<A, P>,
+    overrides: &[(A, A, P)],
+) -> Coverage<A, P> {
+    let mut out = Coverage::new();
+    let mut i = 0;
+    let emit_base = |out: &mut Coverage<A, P>, i: &mut usize, lo: A, hi: A| {
+        while base.end_of(*i) < lo {
+            *i += 1;
+        }
+        let mut cur = lo;
+        loop {
+            let end = base.end_of(*i).min(hi);
+            out.push(cur, end, base.payloads[*i]);
+            if end == hi {
+                break;
+            }
+            cur = end.checked_inc().unwrap_or(hi);
+            *i += 1;
+        }
+    };
+    for &(start, end, payload) in overrides {
+        let Some(next) = out.next else { break };
+        if start > next {
+            emit_base(&mut out, &mut i, next, start.dec());
+        }
+        out.push(start, end, payload);
+    }
+    if let Some(next) = out.next {
+        emit_base(&mut out, &mut i, next, A::MAX);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use ipnet::IpNet;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::geo::LocationId;
+
+    /// Country code "R<n>" → region n; anything else → unlocated order [0].
+    struct ByCountry;
+
+    impl Preference for ByCountry {
+        fn located(&self, location: &Location, out: &mut Vec<RegionIdx>) -> Basis {
+            match location
+                .country
+                .as_deref()
+                .and_then(|c| c.strip_prefix('R'))
+                .and_then(|n| n.parse().ok())
+            {
+                Some(n) => {
+                    out.push(RegionIdx(n));
+                    Basis::GeoCountry
+                }
+                None => self.unlocated(out),
+            }
+        }
+        fn unlocated(&self, out: &mut Vec<RegionIdx>) -> Basis {
+            out.push(RegionIdx(0));
+            Basis::GeoDefault
+        }
+        fn overridden(&self, regions: &[RegionIdx], out: &mut Vec<RegionIdx>) -> bool {
+            out.extend_from_slice(regions);
+            !regions.is_empty()
+        }
+    }
+
+    fn located(nets: &[(&str, u16)]) -> LocatedNetworks {
+        let mut ln = LocatedNetworks::default();
+        for (net, region) in nets {
+            let loc = Location {
+                country: Some(format!("R{region}").into()),
+                ..Location::default()
+            };
+            let id = match ln.locations.iter().position(|l| *l == loc) {
+                Some(i) => i,
+                None => {
+                    ln.locations.push(loc);
+                    ln.locations.len() - 1
+                }
+            };
+            ln.networks
+                .push((net.parse().unwrap(), LocationId(id as u32)));
+        }
+        ln.networks.sort_by_key(|(n, _)| *n);
+        ln
+    }
+
+    fn overrides(list: &[(&str, &[u16])]) -> Vec<CidrOverride> {
+        list.iter()
+            .map(|(net, regions)| CidrOverride {
+                network: net.parse().unwrap(),
+                regions: regions.iter().map(|&r| RegionIdx(r)).collect(),
+            })
+            .collect()
+    }
+
+    fn first(l: &MapLookup<'_>) -> u16 {
+        l.class[0].0
+    }
+
+    #[test]
+    fn scope_merging_table() {
+        let map = ClientMap::build(
+            &ByCountry,
+            Some(&located(&[
+                // Bounded below by "no data", above by an override.
+                ("10.0.0.0/16", 1),
+                ("10.1.0.0/16", 1),
+                // A /24 next to a different class: bounded by its neighbour.
+                ("10.2.0.0/24", 2),
+                ("10.2.1.0/24", 3),
+                // Same class but not aligned: 10.4.0.0–10.5.255.255 ∪ 10.6.0.0/16.
+                ("10.4.0.0/15", 4),
+                ("10.6.0.0/16", 4),
+                // Two halves of 10.8.0.0/15 with the same class merge into one /15.
+                ("10.8.0.0/16", 1),
+                ("10.9.0.0/16", 1),
+                ("2001:db8::/32", 5),
+                ("2001:db9::/32", 6),
+            ])),
+            &overrides(&[
+                ("10.1.2.0/24", &[7]),
+                ("10.1.0.0/16", &[8]),
+                ("2001:db8:1::/48", &[9]),
+            ]),
+        );
+        let cases: &[(&str, u16, u8, MapOrigin)] = &[
+            ("10.0.0.0", 1, 16, MapOrigin::GeoIp),
+            ("10.0.200.1", 1, 16, MapOrigin::GeoIp),
+            ("10.1.2.7", 7, 24, MapOrigin::Override(0)),
+            ("10.1.3.0", 8, 24, MapOrigin::Override(1)),
+            ("10.1.128.0", 8, 17, MapOrigin::Override(1)),
+            ("10.2.0.9", 2, 24, MapOrigin::GeoIp),
+            ("10.2.1.9", 3, 24, MapOrigin::GeoIp),
+            ("10.2.2.0", 0, 23, MapOrigin::NoGeoData),
+            ("10.3.0.0", 0, 16, MapOrigin::NoGeoData),
+            ("10.4.0.0", 4, 15, MapOrigin::GeoIp),
+            ("10.6.1.1", 4, 16, MapOrigin::GeoIp),
+            ("10.7.0.0", 0, 16, MapOrigin::NoGeoData),
+            ("10.9.1.1", 1, 15, MapOrigin::GeoIp),
+            ("192.0.2.1", 0, 1, MapOrigin::NoGeoData),
+            ("0.0.0.0", 0, 5, MapOrigin::NoGeoData),
+            ("2001:db8::1", 5, 48, MapOrigin::GeoIp),
+            ("2001:db8:1::1", 9, 48, MapOrigin::Override(2)),
+            ("2001:db8:2::", 5, 47, MapOrigin::GeoIp),
+            ("2001:db9:ffff::", 6, 32, MapOrigin::GeoIp),
+            ("2001:dba::", 0, 31, MapOrigin::NoGeoData),
+            ("::", 0, 3, MapOrigin::NoGeoData),
+        ];
+        for &(addr, region, scope, origin) in cases {
+            let l = map.lookup(addr.parse().unwrap());
+            assert_eq!(
+                (first(&l), l.scope_len, l.origin),
+                (region, scope, origin),
+                "{addr}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_map_is_one_class_with_scope_zero() {
+        let map = ClientMap::build(&ByCountry, None, &[]);
+        for addr in ["1.2.3.4", "255.255.255.255", "::1"] {
+            let l = map.lookup(addr.parse().unwrap());
+            assert_eq!((first(&l), l.scope_len), (0, 0), "{addr}");
+        }
+        assert_eq!(map.range_counts(), (1, 1));
+    }
+
+    #[test]
+    fn identical_overrides_first_listed_wins_and_inapplicable_ones_are_skipped() {
+        let map = ClientMap::build(
+            &ByCountry,
+            None,
+            &overrides(&[
+                ("10.0.0.0/8", &[1]),
+                ("10.0.0.0/8", &[2]),
+                ("10.1.0.0/16", &[]),
+            ]),
+        );
+        let l = map.lookup("10.1.0.0".parse().unwrap());
+        assert_eq!(
+            (first(&l), l.origin, l.scope_len),
+            (1, MapOrigin::Override(0), 8)
+        );
+    }
+
+    #[test]
+    fn same_class_from_different_origins_still_merges_for_scope() {
+        // 10.0.0.0/9 from GeoIP and 10.128.0.0/9 from an override, both preferring region 1.
+        let map = ClientMap::build(
+            &ByCountry,
+            Some(&located(&[("10.0.0.0/9", 1)])),
+            &overrides(&[("10.128.0.0/9", &[1])]),
+        );
+        let geo = map.lookup("10.0.0.1".parse().unwrap());
+        let ovr = map.lookup("10.200.0.1".parse().unwrap());
+        assert_eq!((geo.origin, geo.scope_len), (MapOrigin::GeoIp, 8));
+        assert_eq!((ovr.origin, ovr.scope_len), (MapOrigin::Override(0), 8));
+    }
+
+    #[test]
+    fn scope_len_edges() {
+        assert_eq!(scope_len::<u32>(0, 0, u32::MAX), 0);
+        assert_eq!(scope_len::<u32>(u32::MAX, u32::MAX, u32::MAX), 32);
+        assert_eq!(scope_len::<u32>(5, 5, 5), 32);
+        assert_eq!(scope_len::<u32>(4, 4, 7), 30);
+        assert_eq!(scope_len::<u32>(5, 4, 7), 30);
+        assert_eq!(scope_len::<u32>(5, 3, 7), 30);
+        assert_eq!(scope_len::<u32>(3, 3, 7), 32);
+        assert_eq!(scope_len::<u128>(0, 0, u128::MAX), 0);
+        assert_eq!(scope_len::<u128>(1 << 127, 1 << 127, u128::MAX), 1);
+    }
+
+    // ---- brute-force reference ----
+    //
+    // Random networks and overrides inside 10.0.0.0/24 (so every block can be enumerated),
+    // everything outside is "no data". The reference classifies one address at a time from
+    // the raw inputs, independently of the range machinery.
+
+    const UNIVERSE: u32 = 0x0a00_0000;
+
+    fn reference_class(nets: &[(u32, u8, u16)], overs: &[(u32, u8, u16)], a: u32) -> u16 {
+        let contains = |base: u32, len: u8| {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            a & mask == base & mask
+        };
+        // Most specific override; ties → first listed.
+        let mut best: Option<(u8, u16)> = None;
+        for &(base, len, r) in overs {
+            if contains(base, len) && best.is_none_or(|(l, _)| len > l) {
+                best = Some((len, r));
+            }
+        }
+        if let Some((_, r)) = best {
+            return r;
+        }
+        nets.iter()
+            .find(|&&(base, len, _)| contains(base, len))
+            .map_or(0, |&(_, _, r)| r)
+    }
+
+    fn block_is_single_class(
+        nets: &[(u32, u8, u16)],
+        overs: &[(u32, u8, u16)],
+        start: u32,
+        end: u32,
+    ) -> bool {
+        let class = |a| reference_class(nets, overs, a);
+        let (u_lo, u_hi) = (UNIVERSE, UNIVERSE | 0xff);
+        if end < u_lo || start > u_hi {
+            return true; // entirely outside: all default
+        }
+        let lo = start.max(u_lo);
+        let hi = end.min(u_hi);
+        let c = class(lo);
+        let inside_same = (lo..=hi).all(|a| class(a) == c);
+        let outside_default = if start < u_lo || end > u_hi {
+            c == 0
+        } else {
+            true
+        };
+        inside_same && outside_default
+    }
+
+    /// Disjoint random networks: pick random prefixes and drop any overlapping an earlier one.
+    fn disjoint(raw: Vec<(u8, u8, u16)>) -> Vec<(u32, u8, u16)> {
+        let mut out: Vec<(u32, u8, u16)> = Vec::new();
+        for (host, len, r) in raw {
+            let len = 24 + len % 9;
+            let mask = u32::MAX << (32 - len);
+            let base = (UNIVERSE | u32::from(host)) & mask;
+            let end = base | !mask;
+            let overlaps = out.iter().any(|&(b, l, _)| {
+                let e = b | !(u32::MAX << (32 - l));
+                b <= end && base <= e
+            });
+            if !overlaps {
+                out.push((base, len, r));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn lookup_agrees_with_brute_force(
+            raw_nets in prop::collection::vec((any::<u8>(), any::<u8>(), 0u16..4), 0..12),
+            raw_overs in prop::collection::vec((any::<u8>(), 24u8..33, 0u16..4), 0..4),
+            probes in prop::collection::vec(any::<u8>(), 1..16),
+            outside in any::<u32>(),
+        ) {
+            let nets = disjoint(raw_nets);
+            let overs: Vec<(u32, u8, u16)> = raw_overs
+                .into_iter()
+                .map(|(h, len, r)| {
+                    let mask = u32::MAX << (32 - len);
+                    ((UNIVERSE | u32::from(h)) & mask, len, r)
+                })
+                .collect();
+            let mut ln = LocatedNetworks::default();
+            for r in 0..4u16 {
+                ln.locations.push(Location { country: Some(format!("R{r}").into()), ..Location::default() });
+            }
+            let mut sorted = nets.clone();
+            sorted.sort();
+            ln.networks = sorted
+                .iter()
+                .map(|&(b, len, r)| (IpNet::new(Ipv4Addr::from(b).into(), len).unwrap(), LocationId(u32::from(r))))
+                .collect();
+            let ovs: Vec<CidrOverride> = overs
+                .iter()
+                .map(|&(b, len, r)| CidrOverride {
+                    network: IpNet::new(Ipv4Addr::from(b).into(), len).unwrap(),
+                    regions: vec![RegionIdx(r)],
+                })
+                .collect();
+            let map = ClientMap::build(&ByCountry, Some(&ln), &ovs);
+
+            let addrs = probes.iter().map(|&p| UNIVERSE | u32::from(p)).chain([outside]);
+            for a in addrs {
+                let l = map.lookup(IpAddr::V4(Ipv4Addr::from(a)));
+                prop_assert_eq!(first(&l), reference_class(&nets, &overs, a), "class of {}", Ipv4Addr::from(a));
+                let p = u32::from(l.scope_len);
+                let block = |p: u32| {
+                    let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+                    (a & mask, a | !mask)
+                };
+                let (s, e) = block(p);
+                prop_assert!(block_is_single_class(&nets, &overs, s, e), "scope /{} of {} mixes classes", p, Ipv4Addr::from(a));
+                if p > 0 {
+                    let (s, e) = block(p - 1);
+                    prop_assert!(!block_is_single_class(&nets, &overs, s, e), "scope /{} of {} is not the widest", p, Ipv4Addr::from(a));
+                }
+            }
+        }
+
+        #[test]
+        fn scope_len_agrees_with_search(a in any::<u128>(), d1 in any::<u128>(), d2 in any::<u128>(), shift in 0u32..128) {
+            let lo = a.saturating_sub(d1 >> shift);
+            let hi = a.saturating_add(d2 >> shift);
+            let naive = (0..=128u32)
+                .find(|&p| {
+                    let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+                    (a & mask) >= lo && (a | !mask) <= hi
+                })
+                .unwrap();
+            prop_assert_eq!(u32::from(scope_len(a, lo, hi)), naive);
+        }
+    }
+
+    #[test]
+    fn ipv6_scope_bounded_by_neighbours() {
+        let map = ClientMap::build(
+            &ByCountry,
+            Some(&located(&[("2a00::/12", 1), ("2a10::/12", 2)])),
+            &[],
+        );
+        let a: Ipv6Addr = "2a0f:1::".parse().unwrap();
+        let l = map.lookup(a.into());
+        assert_eq!((first(&l), l.scope_len), (1, 12));
+        let l = map.lookup("2a20::".parse().unwrap());
+        assert_eq!((first(&l), l.scope_len), (0, 11));
+    }
+}
