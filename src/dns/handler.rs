@@ -371,10 +371,7 @@ fn explain(
         explain: true,
     };
     let decision = steering::decide(&snapshot.steering, policy, &client, &question, now);
-    let mut lines = vec![format!(
-        "name={} generation={}",
-        snapshot.config.gslb[policy.0 as usize].name, snapshot.generation
-    )];
+    let mut lines = vec![format!("snapshot generation={}", snapshot.generation)];
     if let Some(trace) = &decision.trace {
         lines.extend(trace.lines(&snapshot.config));
     }
