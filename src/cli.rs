@@ -54,6 +54,9 @@ pub enum Command {
         /// Listen address for UDP and TCP, repeatable; overrides the config. Port 0 picks one.
         #[arg(long = "listen")]
         listen: Vec<SocketAddr>,
+        /// Prometheus `/metrics` listen address; overrides `server.metrics_listen`. Port 0 allowed.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         /// Write a JSON object with the bound addresses here once serving.
         #[arg(long)]
         ready_file: Option<PathBuf>,
@@ -89,8 +92,16 @@ pub fn main() -> ExitCode {
         Command::Dns {
             config,
             listen,
+            metrics_listen,
             ready_file,
-        } => run_dns(&config_path(config), listen, ready_file),
+        } => run_dns(
+            &config_path(config),
+            Overrides {
+                listen,
+                metrics_listen,
+            },
+            ready_file,
+        ),
         Command::Check { config } => check(&config_path(config)),
         Command::Geoip {
             command: GeoipCommand::Build { csv, out },
@@ -124,7 +135,13 @@ fn config_path(given: Option<PathBuf>) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_CONFIG)
 }
 
-fn run_dns(config: &Path, listen: Vec<SocketAddr>, ready_file: Option<PathBuf>) -> ExitCode {
+/// Command-line settings that win over the config file.
+struct Overrides {
+    listen: Vec<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+}
+
+fn run_dns(config: &Path, overrides: Overrides, ready_file: Option<PathBuf>) -> ExitCode {
     let started = Instant::now();
     let store = match SnapshotStore::open(config) {
         Ok(store) => Arc::new(store),
@@ -143,7 +160,7 @@ fn run_dns(config: &Path, listen: Vec<SocketAddr>, ready_file: Option<PathBuf>) 
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve_dns(store, listen, ready_file, started)) {
+    match runtime.block_on(serve_dns(store, overrides, ready_file, started)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error:#}");
@@ -155,22 +172,22 @@ fn run_dns(config: &Path, listen: Vec<SocketAddr>, ready_file: Option<PathBuf>) 
 
 async fn serve_dns(
     store: Arc<SnapshotStore>,
-    listen: Vec<SocketAddr>,
+    overrides: Overrides,
     ready_file: Option<PathBuf>,
     started: Instant,
 ) -> anyhow::Result<()> {
     let snapshot = store.load_full();
-    let addresses = if listen.is_empty() {
+    let addresses = if overrides.listen.is_empty() {
         snapshot.config.listen.clone()
     } else {
-        listen
+        overrides.listen
     };
     let listeners = Listeners::bind(&addresses).await?;
     let metrics = Arc::new(Metrics::new());
     metrics.reload_loaded(snapshot.generation);
     let (shutdown_tx, shutdown) = watch::channel(false);
 
-    let metrics_listener = match snapshot.config.metrics_listen {
+    let metrics_listener = match overrides.metrics_listen.or(snapshot.config.metrics_listen) {
         Some(address) => Some(
             tokio::net::TcpListener::bind(address)
                 .await

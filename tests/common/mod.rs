@@ -246,6 +246,8 @@ impl Binary {
             .args(args)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
             .arg("--ready-file")
             .arg(&ready_file)
             .stdin(Stdio::null())

@@ -1,0 +1,138 @@
+//! The command line as operators use it: `check` exit codes and messages, `dns` refusing bad
+//! input at start, the ready file, and `geoip build` reproducing the shipped database.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn meridian(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .output()
+        .expect("run meridian")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn check_accepts_every_shipped_config() {
+    // Every config shipped in zones/ (and, later, deploy/) must validate.
+    let mut checked = 0;
+    for folder in ["zones", "deploy"] {
+        let Ok(entries) = std::fs::read_dir(repo().join(folder)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let output = meridian(&["check", "--config", path.to_str().unwrap()]);
+                assert!(
+                    output.status.success(),
+                    "{}: {}",
+                    path.display(),
+                    stderr(&output)
+                );
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                assert!(stdout.contains("ok"), "{stdout}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 1, "zones/meridian.toml is checked");
+}
+
+#[test]
+fn check_lists_every_config_error_and_exits_64() {
+    let scratch = Scratch::new();
+    let text = scratch
+        .read("zones/meridian.toml")
+        .replace("ttl = 30", "ttl = 0")
+        .replace("id = \"ap-south\"", "id = \"AP south\"");
+    scratch.replace("zones/meridian.toml", &text);
+    let output = meridian(&["check", "--config", scratch.config().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(64));
+    let errors = stderr(&output);
+    assert!(errors.contains("ttl"), "{errors}");
+    assert!(errors.contains("AP south"), "{errors}");
+    assert!(errors.contains("meridian.toml"), "names the file: {errors}");
+}
+
+#[test]
+fn check_names_the_zone_file_and_line() {
+    let scratch = Scratch::new();
+    let zone = scratch.read("zones/example.test.zone");
+    let line = zone.lines().count() + 1;
+    scratch.replace(
+        "zones/example.test.zone",
+        &format!("{zone}broken 300 IN AAA 192.0.2.1\n"),
+    );
+    let output = meridian(&["check", "--config", scratch.config().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(64));
+    let errors = stderr(&output);
+    assert!(
+        errors.contains(&format!("example.test.zone:{line}")),
+        "file and line {line}: {errors}"
+    );
+}
+
+#[test]
+fn check_reports_a_broken_geoip_database() {
+    let scratch = Scratch::new();
+    scratch.replace("geoip/demo.mmdb", "garbage");
+    let output = meridian(&["check", "--config", scratch.config().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(stderr(&output).contains("demo.mmdb"), "{}", stderr(&output));
+}
+
+#[test]
+fn dns_refuses_to_start_on_a_bad_config() {
+    let scratch = Scratch::new();
+    scratch.replace("zones/meridian.toml", "[server]\nlisten = [\"nonsense\"]\n");
+    let output = meridian(&[
+        "dns",
+        "--config",
+        scratch.config().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(stderr(&output).contains("nonsense"), "{}", stderr(&output));
+}
+
+#[test]
+fn ready_file_names_bound_udp_tcp_and_metrics_addresses() {
+    let server = Binary::dns(&[]);
+    let udp = server.ready["udp"][0].as_str().unwrap();
+    let tcp = server.ready["tcp"][0].as_str().unwrap();
+    assert_eq!(udp, tcp, "one port for both transports");
+    assert!(!udp.ends_with(":0"), "the bound port, not the requested 0");
+    assert!(server.ready["metrics"].as_str().is_some());
+    assert_eq!(
+        server.ready["pid"].as_u64(),
+        Some(u64::from(server.child.id()))
+    );
+}
+
+#[test]
+fn geoip_build_reproduces_the_shipped_database() {
+    let out = tempfile::tempdir().unwrap();
+    let built = out.path().join("demo.mmdb");
+    let output = meridian(&[
+        "geoip",
+        "build",
+        "--csv",
+        repo().join("geoip/demo.csv").to_str().unwrap(),
+        "--out",
+        built.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read(&built).unwrap(),
+        std::fs::read(repo().join("geoip/demo.mmdb")).unwrap(),
+        "geoip/demo.mmdb is exactly what the documented command builds"
+    );
+}
