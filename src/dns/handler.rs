@@ -328,16 +328,32 @@ fn render_decision(
         ));
         return;
     }
+    // ANY gets a minimal answer (RFC 8482): one RRset, the A records, or AAAA where the
+    // chosen regions have no IPv4 endpoint.
+    let qtype = match qtype {
+        RecordType::ANY => {
+            let has_v4 = regions.iter().any(|r| {
+                matches!(&snapshot.config.region(*r).endpoints,
+                    Endpoints::Addresses { v4, .. } if !v4.is_empty())
+            });
+            if has_v4 {
+                RecordType::A
+            } else {
+                RecordType::AAAA
+            }
+        }
+        other => other,
+    };
     for region in regions.iter() {
         if let Endpoints::Addresses { v4, v6 } = &snapshot.config.region(*region).endpoints {
-            if matches!(qtype, RecordType::A | RecordType::ANY) {
+            if qtype == RecordType::A {
                 for addr in v4 {
                     reply
                         .answers
                         .push(Record::from_rdata(name.clone(), ttl, RData::A(A(*addr))));
                 }
             }
-            if matches!(qtype, RecordType::AAAA | RecordType::ANY) {
+            if qtype == RecordType::AAAA {
                 for addr in v6 {
                     reply.answers.push(Record::from_rdata(
                         name.clone(),
@@ -420,7 +436,10 @@ fn encode(query: &Query, reply: &Reply, our_payload: u16, limit: usize, out: &mu
     message.metadata.recursion_desired = query.recursion_desired;
     message.metadata.checking_disabled = query.checking_disabled;
     message.metadata.response_code = reply.rcode;
-    message.add_query(Question::query(query.name.clone(), query.qtype));
+    // The question is echoed exactly, class included (RFC 1035 §4.1.1): clients match on it.
+    let mut question = Question::query(query.name.clone(), query.qtype);
+    question.set_query_class(query.qclass);
+    message.add_query(question);
     if let Some(edns) = &query.edns {
         message.set_edns(response_edns(edns, our_payload, reply.ecs_scope));
     }
