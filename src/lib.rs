@@ -23,6 +23,7 @@ pub mod geo;
 pub mod metrics;
 pub mod operator_state;
 pub mod reload;
+pub mod relay;
 pub mod snapshot;
 pub mod steering;
 pub mod zone;

@@ -1,0 +1,2 @@
+//! Configuration of the relay tier: TOML → raw serde structs → validated [`model`].
+pub mod model;

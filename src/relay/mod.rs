@@ -1,0 +1,2 @@
+//! The relay tier: an HTTPS / HTTP/3 front door to one region's LLM backends.
+pub mod config;
