@@ -1,2 +1,3 @@
 //! The relay tier: an HTTPS / HTTP/3 front door to one region's LLM backends.
 pub mod config;
+pub mod service;
