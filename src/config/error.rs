@@ -177,6 +177,62 @@ pub enum Problem {
     // --- Overrides. ---
     #[error("{network} has host bits set; did you mean {truncated}?")]
     HostBitsSet { network: IpNet, truncated: IpNet },
+
+    // --- Relay tier (`meridian relay`). ---
+    #[error("{value} is out of range: {}", FloatRange(*min, *min_exclusive, *max))]
+    NumberOutOfRange {
+        value: f64,
+        min: f64,
+        /// `value` must be greater than `min`, not equal to it.
+        min_exclusive: bool,
+        /// `None`: any finite number above `min`.
+        max: Option<f64>,
+    },
+    /// An ordering between two fields, reported at the larger one: `value` exceeds the value
+    /// of `other` (its field path), which is `other_value`.
+    #[error("{value} exceeds `{other}` ({other_value})")]
+    ExceedsField {
+        value: i64,
+        other: String,
+        other_value: i64,
+    },
+    #[error("{address} is also used by `{other}`")]
+    ListenerClash {
+        address: std::net::SocketAddr,
+        other: String,
+    },
+    #[error(
+        "at least one [[backend]] is required: a relay with no backends can only refuse requests"
+    )]
+    NoBackends,
+    #[error("{count} backends configured; at most {max} are supported")]
+    TooManyBackends { count: usize, max: usize },
+    #[error("`{id}` is not a valid backend id: use 1 to 63 characters from a-z, 0-9 and -")]
+    InvalidBackendId { id: String },
+    #[error("`{url}` is not a usable backend URL: {reason}")]
+    InvalidUrl { url: String, reason: UrlProblem },
+    #[error("`{value}` is not a model list: write a list of model ids or \"discover\"")]
+    UnknownModelSource { value: String },
+    #[error("a model id must not be empty")]
+    EmptyModelId,
+}
+
+/// Why a backend URL was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlProblem {
+    #[error("it does not parse as a URL such as http://127.0.0.1:8000")]
+    Unparsable,
+    #[error("the scheme must be http or https")]
+    Scheme,
+    #[error("it needs an explicit port, such as http://127.0.0.1:8000")]
+    NoPort,
+    /// Credentials in a URL end up in logs and metrics labels.
+    #[error("it must not contain credentials (user@)")]
+    UserInfo,
+    #[error("it must not have a query (?...)")]
+    Query,
+    #[error("it must not have a fragment (#...)")]
+    Fragment,
 }
 
 struct ExpectedKeys<'a>(&'a [String]);
@@ -208,6 +264,22 @@ impl fmt::Display for IntegerRange {
         match *self {
             Self(min, i64::MAX) => write!(f, "must be at least {min}"),
             Self(min, max) => write!(f, "must be from {min} to {max}"),
+        }
+    }
+}
+
+/// `(min, min_exclusive, max)` of [`Problem::NumberOutOfRange`].
+struct FloatRange(f64, bool, Option<f64>);
+
+impl fmt::Display for FloatRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self(min, false, Some(max)) => write!(f, "must be from {min} to {max}"),
+            Self(min, true, Some(max)) => {
+                write!(f, "must be greater than {min} and at most {max}")
+            }
+            Self(min, false, None) => write!(f, "must be a finite number of at least {min}"),
+            Self(min, true, None) => write!(f, "must be a finite number greater than {min}"),
         }
     }
 }

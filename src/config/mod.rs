@@ -17,10 +17,9 @@ mod validate;
 
 use std::{ops::Range, path::Path};
 
-use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
-pub use error::{AddressKind, ConfigError, FieldError, Problem};
+pub use error::{AddressKind, ConfigError, FieldError, Problem, UrlProblem};
 pub use validate::RawDocument;
 
 use model::DnsConfig;
@@ -52,6 +51,16 @@ pub fn parse_dns_config(text: &str, source: &Path) -> Result<DnsConfig, ConfigEr
 
 /// Parses text into the raw structs, without validating values.
 pub fn parse_raw(text: &str, source: &Path) -> Result<RawDnsConfig, ConfigError> {
+    parse_toml(text, source)
+}
+
+/// Parses TOML text into any raw serde struct: syntax errors located by line and column, shape
+/// errors (unknown keys, wrong types) by field path. Shared with the relay tier's loader, so
+/// both files report problems the same way.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    source: &Path,
+) -> Result<T, ConfigError> {
     let document = DeTable::parse(text).map_err(|e| {
         let (line, column) = position(text, e.span().map_or(0, |span| span.start));
         ConfigError::Syntax {
@@ -61,11 +70,9 @@ pub fn parse_raw(text: &str, source: &Path) -> Result<RawDnsConfig, ConfigError>
             message: e.message().trim_end().to_owned(),
         }
     })?;
-    RawDnsConfig::deserialize(toml::de::Deserializer::from(document)).map_err(|e| {
-        ConfigError::Invalid {
-            path: source.to_path_buf(),
-            errors: vec![shape_error(text, &e)],
-        }
+    T::deserialize(toml::de::Deserializer::from(document)).map_err(|e| ConfigError::Invalid {
+        path: source.to_path_buf(),
+        errors: vec![shape_error(text, &e)],
     })
 }
 
@@ -85,7 +92,9 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 fn shape_error(text: &str, error: &toml::de::Error) -> FieldError {
     let message = error.message().trim_end();
     let path = match (error.span(), DeTable::parse(text)) {
-        (Some(span), Ok(document)) => path_at(document.get_ref(), &span),
+        // A key missing from the root table comes with the empty span `0..0`, which every
+        // table starting the file would otherwise seem to contain.
+        (Some(span), Ok(document)) if !span.is_empty() => path_at(document.get_ref(), &span),
         _ => String::new(),
     };
     let quoted = backticked(message);
