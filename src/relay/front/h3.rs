@@ -1,0 +1,494 @@
+//! The HTTP/3 front: QUIC (quinn) carrying HTTP/3 (h3).
+//!
+//! The only module that uses `h3` and `h3-quinn`, whose APIs move between releases.
+//!
+//! Per request stream: the client's DATA frames become the request body as they arrive; the
+//! response goes out as headers, then one DATA frame per body frame the service yields, then
+//! FIN. When the client resets the stream (seen on the next write) or the connection goes (seen
+//! at once), the response body is dropped, which cancels everything upstream of it.
+
+use std::{io, sync::Arc, time::Duration};
+
+use bytes::{Buf, Bytes};
+use h3::{error::Code, server::RequestStream};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::drain_started;
+use crate::relay::{
+    config::model::Limits,
+    service::{Body, BodyError, ConnInfo, FrontProtocol, RelayService},
+};
+
+type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// How long a drained endpoint waits for its closing connections to tell their peers.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A QUIC endpoint serving `config` on an already bound UDP socket.
+pub fn h3_endpoint(
+    socket: std::net::UdpSocket,
+    config: quinn::ServerConfig,
+) -> io::Result<quinn::Endpoint> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| io::Error::other("no async runtime to drive the QUIC endpoint"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
+}
+
+/// Serves HTTP/3 on `endpoint` until `drain` turns true; then refuses new connections, sends
+/// GOAWAY on the open ones, lets their requests finish, closes them and returns.
+pub async fn serve_h3(
+    endpoint: quinn::Endpoint,
+    service: Arc<dyn RelayService>,
+    limits: Limits,
+    mut drain: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            () = drain_started(&mut drain) => break,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { break };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(
+                peer = %incoming.remote_address(),
+                limit = limits.max_connections,
+                "connection limit reached; refusing"
+            );
+            incoming.refuse();
+            continue;
+        };
+        connections.spawn(serve_connection(
+            incoming,
+            slot,
+            service.clone(),
+            limits,
+            drain.clone(),
+        ));
+    }
+    connections.close();
+    let finished = connections.wait();
+    tokio::pin!(finished);
+    loop {
+        tokio::select! {
+            () = &mut finished => break,
+            // Refused, not ignored: the client learns at once and goes elsewhere.
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming.refuse(),
+                None => {
+                    finished.await;
+                    break;
+                }
+            },
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    _slot: OwnedSemaphorePermit,
+    service: Arc<dyn RelayService>,
+    limits: Limits,
+    mut drain: watch::Receiver<bool>,
+) {
+    let peer = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(error) => {
+            debug!(%peer, %error, "QUIC connection failed");
+            return;
+        }
+    };
+    let connection = match tokio::time::timeout(limits.header_read_timeout, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "QUIC handshake timed out");
+            return;
+        }
+    };
+    let header_bytes = u64::try_from(limits.max_request_header_bytes).unwrap_or(u64::MAX);
+    let h3 = h3::server::builder()
+        .max_field_section_size(header_bytes)
+        .build::<_, Bytes>(h3_quinn::Connection::new(connection.clone()))
+        .await;
+    let mut h3 = match h3 {
+        Ok(h3) => h3,
+        Err(error) => {
+            debug!(%peer, %error, "HTTP/3 connection set-up failed");
+            return;
+        }
+    };
+
+    let requests = TaskTracker::new();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    requests.spawn(serve_request(resolver, service.clone(), connection.clone()));
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    debug!(%peer, %error, "HTTP/3 connection ended");
+                    break;
+                }
+            },
+            () = drain_started(&mut drain), if !draining => {
+                draining = true;
+                requests.close();
+                // GOAWAY naming the last request taken: later ones are refused, and the
+                // client knows it may retry them elsewhere.
+                if let Err(error) = h3.shutdown(0).await {
+                    debug!(%peer, %error, "HTTP/3 GOAWAY failed");
+                    break;
+                }
+            },
+            () = requests.wait(), if draining => break,
+        }
+    }
+    // Dropping `h3` closes the connection, so its requests finish first.
+    requests.close();
+    requests.wait().await;
+}
+
+async fn serve_request(
+    resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    service: Arc<dyn RelayService>,
+    connection: quinn::Connection,
+) {
+    let peer = connection.remote_address();
+    let (request, stream) = match resolver.resolve_request().await {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            debug!(%peer, %error, "HTTP/3 request rejected");
+            return;
+        }
+    };
+    let (mut send, recv) = stream.split();
+    let request = request.map(|()| request_body(recv));
+    let conn = ConnInfo {
+        peer,
+        protocol: FrontProtocol::Http3,
+        secure: true,
+        rtt: Some(connection.rtt()),
+    };
+    let response = tokio::select! {
+        response = service.call(request, conn) => response,
+        _ = connection.closed() => return,
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_connection_headers(&mut parts.headers);
+    if let Err(error) = send
+        .send_response(http::Response::from_parts(parts, ()))
+        .await
+    {
+        debug!(%peer, %error, "HTTP/3 response headers not sent");
+        return;
+    }
+    send_body(&mut send, body, &connection).await;
+}
+
+/// Forwards the body frame by frame; returns early (dropping the body) when the client is gone.
+async fn send_body(send: &mut SendHalf, mut body: Body, connection: &quinn::Connection) {
+    let peer = connection.remote_address();
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = connection.closed() => return,
+        };
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                // The client must not mistake a cut-off body for a complete one.
+                debug!(%peer, %error, "response body failed; resetting the stream");
+                send.stop_stream(Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        };
+        let sent = match frame.into_data() {
+            Ok(data) if data.is_empty() => Ok(()),
+            Ok(data) => send.send_data(data).await,
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => match send.send_trailers(trailers).await {
+                    Ok(()) => break,
+                    Err(error) => Err(error),
+                },
+                Err(_unknown) => Ok(()),
+            },
+        };
+        if let Err(error) = sent {
+            debug!(%peer, %error, "client stopped the response stream");
+            return;
+        }
+    }
+    if let Err(error) = send.finish().await {
+        debug!(%peer, %error, "HTTP/3 response not finished");
+    }
+}
+
+/// The client's DATA frames (then trailers, if any) as a body, read only as it is consumed.
+fn request_body(recv: RecvHalf) -> Body {
+    let frames = futures_util::stream::unfold(Some(recv), |recv| async move {
+        let mut recv = recv?;
+        let frame = match recv.recv_data().await {
+            Ok(Some(mut data)) => Ok(Frame::data(data.copy_to_bytes(data.remaining()))),
+            Ok(None) => match recv.recv_trailers().await {
+                Ok(Some(trailers)) => return Some((Ok(Frame::trailers(trailers)), None)),
+                Ok(None) => return None,
+                Err(error) => return Some((Err(BodyError::from(error)), None)),
+            },
+            Err(error) => return Some((Err(BodyError::from(error)), None)),
+        };
+        Some((frame, Some(recv)))
+    });
+    StreamBody::new(frames).boxed_unsync()
+}
+
+/// HTTP/3 forbids connection-specific header fields (RFC 9114 §4.2); a response relayed from
+/// an HTTP/1.1 backend may carry them.
+fn strip_connection_headers(headers: &mut http::HeaderMap) {
+    use http::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::relay::front::testing::*;
+
+    struct Server {
+        addr: SocketAddr,
+        drain: watch::Sender<bool>,
+        serving: tokio::task::JoinHandle<()>,
+        service: Arc<TestService>,
+        certs: CertFixture,
+    }
+
+    fn start(limits: Limits) -> Server {
+        let certs = CertFixture::new();
+        let config = crate::relay::tls::quic_server_config(
+            certs.store.clone(),
+            &limits,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let endpoint = h3_endpoint(socket, config).unwrap();
+        let service = Arc::new(TestService::default());
+        let (drain, draining) = watch::channel(false);
+        let serving = tokio::spawn(serve_h3(endpoint, service.clone(), limits, draining));
+        Server {
+            addr,
+            drain,
+            serving,
+            service,
+            certs,
+        }
+    }
+
+    struct H3Client {
+        _endpoint: quinn::Endpoint,
+        connection: quinn::Connection,
+        send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+        driver: tokio::task::JoinHandle<h3::error::ConnectionError>,
+    }
+
+    impl H3Client {
+        async fn connect(server: &Server) -> Result<H3Client, BoxError> {
+            let endpoint = server.certs.quic_client();
+            let connection = within(endpoint.connect(server.addr, "localhost")?).await??;
+            let (mut driver, send) =
+                h3::client::new(h3_quinn::Connection::new(connection.clone())).await?;
+            let driver =
+                tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+            Ok(H3Client {
+                _endpoint: endpoint,
+                connection,
+                send,
+                driver,
+            })
+        }
+
+        /// Sends the request with `body`; returns the response head and the stream to read
+        /// the body from.
+        async fn send(
+            &mut self,
+            method: http::Method,
+            path: &str,
+            body: &[u8],
+        ) -> Result<
+            (
+                http::Response<()>,
+                h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+            ),
+            BoxError,
+        > {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(format!("https://localhost{path}"))
+                .body(())?;
+            let mut stream = within(self.send.send_request(request)).await??;
+            // Several frames, so the server sees a body that arrives in pieces.
+            for piece in body.chunks(64 << 10) {
+                stream.send_data(Bytes::copy_from_slice(piece)).await?;
+            }
+            stream.finish().await?;
+            let response = within(stream.recv_response()).await??;
+            Ok((response, stream))
+        }
+    }
+
+    impl Drop for H3Client {
+        fn drop(&mut self) {
+            self.driver.abort();
+        }
+    }
+
+    async fn next_chunk(
+        stream: &mut h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    ) -> Option<String> {
+        let mut data = within(stream.recv_data()).await.unwrap().unwrap()?;
+        let bytes = data.copy_to_bytes(data.remaining());
+        Some(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    async fn read_rest(
+        stream: &mut h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    ) -> String {
+        let mut all = String::new();
+        while let Some(chunk) = next_chunk(stream).await {
+            all.push_str(&chunk);
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn serves_requests_with_their_bodies() {
+        let server = start(test_limits());
+        let mut client = H3Client::connect(&server).await.unwrap();
+        let (response, mut stream) = client
+            .send(http::Method::POST, "/echo", &[b'x'; 1234])
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(read_rest(&mut stream).await, "POST /echo h3 secure 1234");
+
+        let body = pattern(1 << 20);
+        let (_, mut stream) = client
+            .send(http::Method::POST, "/digest", &body)
+            .await
+            .unwrap();
+        assert_eq!(read_rest(&mut stream).await, digest(&body));
+        assert!(client.connection.rtt() > Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn streamed_chunks_arrive_one_by_one() {
+        let server = start(test_limits());
+        let mut client = H3Client::connect(&server).await.unwrap();
+        let (chunks, _dropped) = server.service.next_stream();
+        let (_, mut stream) = client
+            .send(http::Method::GET, "/stream", b"")
+            .await
+            .unwrap();
+        for chunk in ["data: one\n\n", "data: two\n\n"] {
+            chunks
+                .send(Bytes::from_static(chunk.as_bytes()))
+                .await
+                .unwrap();
+            assert_eq!(next_chunk(&mut stream).await.as_deref(), Some(chunk));
+        }
+        drop(chunks);
+        assert_eq!(next_chunk(&mut stream).await, None);
+    }
+
+    #[tokio::test]
+    async fn client_going_away_drops_the_response_body() {
+        let server = start(test_limits());
+        let mut client = H3Client::connect(&server).await.unwrap();
+        let (chunks, dropped) = server.service.next_stream();
+        let (_, mut stream) = client
+            .send(http::Method::GET, "/stream", b"")
+            .await
+            .unwrap();
+        chunks.send(Bytes::from_static(b"one")).await.unwrap();
+        assert_eq!(next_chunk(&mut stream).await.as_deref(), Some("one"));
+        client
+            .connection
+            .close(quinn::VarInt::from_u32(0x100), b"bye");
+        within(dropped).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_refused() {
+        let server = start(Limits {
+            max_connections: 1,
+            ..test_limits()
+        });
+        let mut first = H3Client::connect(&server).await.unwrap();
+        let (response, _) = first.send(http::Method::GET, "/echo", b"").await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(H3Client::connect(&server).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn drain_finishes_streams_and_refuses_new_connections() {
+        let server = start(test_limits());
+        let mut client = H3Client::connect(&server).await.unwrap();
+        let (chunks, _dropped) = server.service.next_stream();
+        let (_, mut stream) = client
+            .send(http::Method::GET, "/stream", b"")
+            .await
+            .unwrap();
+        chunks.send(Bytes::from_static(b"one")).await.unwrap();
+        assert_eq!(next_chunk(&mut stream).await.as_deref(), Some("one"));
+
+        server.drain.send(true).unwrap();
+        assert!(
+            H3Client::connect(&server).await.is_err(),
+            "a connection made after the drain was served"
+        );
+        // The in-flight stream goes on to its end.
+        chunks.send(Bytes::from_static(b"two")).await.unwrap();
+        assert_eq!(next_chunk(&mut stream).await.as_deref(), Some("two"));
+        assert!(
+            !server.serving.is_finished(),
+            "returned with a stream in flight"
+        );
+        drop(chunks);
+        assert_eq!(next_chunk(&mut stream).await, None);
+
+        within(server.serving).await.unwrap().unwrap();
+        // The drained connection was closed without error once its stream ended.
+        let closed = within(client.connection.closed()).await.unwrap();
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref close) if close.error_code == quinn::VarInt::from_u32(0x100)),
+            "{closed:?}"
+        );
+    }
+}
