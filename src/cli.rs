@@ -22,6 +22,11 @@ use crate::{
     geo::{self, GeoDb},
     metrics::{self, Metrics},
     operator_state::OperatorState,
+    relay::{
+        config::{self as relay_config, ConfigKind},
+        server::{RelayHandle, StartError},
+        tls,
+    },
     reload,
     snapshot::{Snapshot, SnapshotStore},
     zone::Zone,
@@ -61,7 +66,18 @@ pub enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
-    /// Validate a configuration, its zone files and GeoIP database without binding anything.
+    /// Run a relay: HTTPS (h1/h2) and HTTP/3 in front of one region's LLM backends.
+    Relay {
+        /// Relay configuration file (see deploy/relay/relay.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Write a JSON object with the bound addresses here once serving.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Run a simulated OpenAI-compatible LLM backend (tests, demos, benchmarks).
+    SimBackend(crate::sim_backend::SimBackendArgs),
+    /// Validate a configuration (DNS or relay) and the files it names, without binding anything.
     Check {
         /// Configuration file (default: the bundled example).
         #[arg(long)]
@@ -71,6 +87,25 @@ pub enum Command {
     Geoip {
         #[command(subcommand)]
         command: GeoipCommand,
+    },
+    /// Certificate tools.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Write a self-signed certificate and key for local use (the relay example, tests, demos).
+    /// Never for production: clients must be told to trust it explicitly.
+    SelfSigned {
+        /// Folder to write `relay.pem` and `relay-key.pem` into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// DNS name or IP address the certificate is for; repeatable.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -103,9 +138,14 @@ pub fn main() -> ExitCode {
             ready_file,
         ),
         Command::Check { config } => check(&config_path(config)),
+        Command::Relay { config, ready_file } => run_relay(&config, ready_file),
+        Command::SimBackend(args) => crate::sim_backend::run(args),
         Command::Geoip {
             command: GeoipCommand::Build { csv, out },
         } => build_geoip(&csv, &out),
+        Command::Certs {
+            command: CertsCommand::SelfSigned { out, names },
+        } => self_signed(&out, &names),
     }
 }
 
@@ -264,6 +304,69 @@ async fn wait_for_termination() {
     }
 }
 
+fn run_relay(config_path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
+    let config = match relay_config::load_relay_config(config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("meridian: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let grace = config.timeouts.total;
+        let mut relay = match RelayHandle::start(config).await {
+            Ok(relay) => relay,
+            Err(error @ StartError::Tls(_)) => {
+                eprintln!("meridian: {error}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+            Err(error) => {
+                eprintln!("meridian: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(path) = &ready_file {
+            let ready = serde_json::json!({
+                "https": relay.https, "h3": relay.h3, "plain": relay.plain,
+                "admin": relay.admin, "pid": std::process::id(),
+            });
+            if let Err(error) = write_atomically(path, &ready.to_string()) {
+                eprintln!("meridian: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+        tokio::select! {
+            () = wait_for_termination() => info!("signal received: draining"),
+            _ = relay.drain_requested.wait_for(|drain| *drain) => info!("drain requested: draining"),
+        }
+        relay.drain_and_stop(grace).await;
+        if let Some(path) = &ready_file {
+            let _ = std::fs::remove_file(path);
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// Written to a temporary name and renamed, so a reader never sees half a file.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot rename to {}", path.display()))?;
+    Ok(())
+}
+
 /// What scripts and tests read to find the server: never guess ports, never sleep.
 #[derive(serde::Serialize)]
 struct ReadyFile {
@@ -275,21 +378,47 @@ struct ReadyFile {
 }
 
 impl ReadyFile {
-    /// Written to a temporary name and renamed, so a reader never sees half a file.
     fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(self)?;
-        let temporary = path.with_extension("tmp");
-        std::fs::write(&temporary, text)
-            .with_context(|| format!("cannot write {}", temporary.display()))?;
-        std::fs::rename(&temporary, path)
-            .with_context(|| format!("cannot rename to {}", path.display()))?;
-        Ok(())
+        write_atomically(path, &serde_json::to_string_pretty(self)?)
     }
 }
 
-/// `meridian check`: every problem in the config, every zone file and the GeoIP database,
-/// reported at once.
+/// `meridian check`: every problem in the config and the files it names, reported at once.
+/// A file with a top-level `[relay]` table is a relay config; anything else a DNS config.
 fn check(config_path: &Path) -> ExitCode {
+    let kind = std::fs::read_to_string(config_path)
+        .map(|text| relay_config::config_kind(&text))
+        .unwrap_or(ConfigKind::Dns);
+    match kind {
+        ConfigKind::Dns => check_dns(config_path),
+        ConfigKind::Relay => check_relay(config_path),
+    }
+}
+
+fn check_relay(config_path: &Path) -> ExitCode {
+    let config = match relay_config::load_relay_config(config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    tls::install_crypto_provider();
+    if let Err(error) = tls::CertStore::load(config.tls.clone()) {
+        eprintln!("{}: {error}", config_path.display());
+        eprintln!("{}: 1 problem(s) found", config_path.display());
+        return ExitCode::from(EXIT_INVALID);
+    }
+    println!(
+        "{}: ok — relay for region {}, {} backend(s), TLS certificate loaded",
+        config_path.display(),
+        config.region,
+        config.backends.len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn check_dns(config_path: &Path) -> ExitCode {
     let config = match config::load_dns_config(config_path) {
         Ok(config) => config,
         Err(error) => {
@@ -347,6 +476,47 @@ fn check(config_path: &Path) -> ExitCode {
         geo_summary
     );
     ExitCode::SUCCESS
+}
+
+fn self_signed(out: &Path, names: &[String]) -> ExitCode {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (cert, key) = match tls::self_signed(&names) {
+        Ok(pair) => pair,
+        Err(error) => {
+            eprintln!("meridian: {error}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let written = std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(out.join("relay.pem"), cert))
+        .and_then(|()| write_private(&out.join("relay-key.pem"), key.as_bytes()));
+    match written {
+        Ok(()) => {
+            println!(
+                "wrote {} and {} for {}",
+                out.join("relay.pem").display(),
+                out.join("relay-key.pem").display(),
+                names.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("meridian: cannot write into {}: {error}", out.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a key readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
 }
 
 fn build_geoip(csv: &Path, out: &Path) -> ExitCode {

@@ -18,31 +18,80 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-#[test]
-fn check_accepts_every_shipped_config() {
-    // Every config shipped in zones/ (and, later, deploy/) must validate.
-    let mut checked = 0;
-    for folder in ["zones", "deploy"] {
-        let Ok(entries) = std::fs::read_dir(repo().join(folder)) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                let output = meridian(&["check", "--config", path.to_str().unwrap()]);
-                assert!(
-                    output.status.success(),
-                    "{}: {}",
-                    path.display(),
-                    stderr(&output)
-                );
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                assert!(stdout.contains("ok"), "{stdout}");
-                checked += 1;
-            }
+/// Every `.toml` below `folder`, recursively.
+fn shipped_configs(folder: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            shipped_configs(&path, found);
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            found.push(path);
         }
     }
-    assert!(checked >= 1, "zones/meridian.toml is checked");
+}
+
+#[test]
+fn check_accepts_every_shipped_config() {
+    // Every config shipped in zones/ and deploy/ must validate. Relay configs name TLS files
+    // that operators create (`meridian certs self-signed`), so they are checked in a copy of
+    // their folder with freshly made certificates.
+    let mut configs = Vec::new();
+    shipped_configs(&repo().join("zones"), &mut configs);
+    shipped_configs(&repo().join("deploy"), &mut configs);
+    let mut relay_configs = 0;
+    for path in &configs {
+        let text = std::fs::read_to_string(path).unwrap();
+        let to_check = if text.lines().any(|l| l.trim() == "[relay]") {
+            relay_configs += 1;
+            let copy = tempfile::tempdir().unwrap().keep();
+            let config = copy.join(path.file_name().unwrap());
+            std::fs::copy(path, &config).unwrap();
+            let certs = copy.join("certs");
+            let made = meridian(&[
+                "certs",
+                "self-signed",
+                "--out",
+                certs.to_str().unwrap(),
+                "--name",
+                "localhost",
+            ]);
+            assert!(made.status.success(), "{}", stderr(&made));
+            config
+        } else {
+            path.clone()
+        };
+        let output = meridian(&["check", "--config", to_check.to_str().unwrap()]);
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            path.display(),
+            stderr(&output)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("ok"), "{stdout}");
+    }
+    assert!(
+        configs.len() >= 2,
+        "zones/meridian.toml and deploy/relay/relay.toml: {configs:?}"
+    );
+    assert!(relay_configs >= 1);
+}
+
+#[test]
+fn check_refuses_a_relay_config_without_its_certificate() {
+    let output = meridian(&[
+        "check",
+        "--config",
+        repo().join("deploy/relay/relay.toml").to_str().unwrap(),
+    ]);
+    if repo().join("deploy/relay/certs/relay.pem").exists() {
+        return; // a developer made the example's certificates; CI's clean clone has none
+    }
+    assert_eq!(output.status.code(), Some(64));
+    assert!(stderr(&output).contains("relay.pem"), "{}", stderr(&output));
 }
 
 #[test]

@@ -39,7 +39,10 @@ pub enum RelayError {
         retry_after: Duration,
     },
     #[error("no healthy backend serves `{model}` right now")]
-    NoBackend { model: String, retry_after: Duration },
+    NoBackend {
+        model: String,
+        retry_after: Duration,
+    },
     #[error("the relay is draining and takes no new requests")]
     Draining { retry_after: Duration },
     #[error("backend {backend} failed: {reason}")]
@@ -168,17 +171,35 @@ mod tests {
     fn statuses_and_codes() {
         let table: Vec<(RelayError, u16, &str)> = vec![
             (RelayError::MissingModel, 400, "missing_model"),
-            (RelayError::UnknownModel { model: "x".into() }, 404, "model_not_found"),
-            (RelayError::BodyTooLarge { limit: 1 }, 413, "request_too_large"),
-            (RelayError::UnsupportedMediaType { content_type: None }, 415, "unsupported_media_type"),
+            (
+                RelayError::UnknownModel { model: "x".into() },
+                404,
+                "model_not_found",
+            ),
+            (
+                RelayError::BodyTooLarge { limit: 1 },
+                413,
+                "request_too_large",
+            ),
+            (
+                RelayError::UnsupportedMediaType { content_type: None },
+                415,
+                "unsupported_media_type",
+            ),
             (RelayError::BodyTimeout, 408, "request_timeout"),
             (
-                RelayError::Saturated { reason: "load", retry_after: Duration::from_secs(2) },
+                RelayError::Saturated {
+                    reason: "load",
+                    retry_after: Duration::from_secs(2),
+                },
                 429,
                 "region_saturated",
             ),
             (
-                RelayError::FirstByteTimeout { backend: "a".into(), after: Duration::from_secs(1) },
+                RelayError::FirstByteTimeout {
+                    backend: "a".into(),
+                    after: Duration::from_secs(1),
+                },
                 504,
                 "backend_timeout",
             ),
@@ -188,7 +209,11 @@ mod tests {
             assert_eq!(error.code(), code);
             let json = error.json();
             assert_eq!(json["error"]["code"], code);
-            assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
         }
     }
 

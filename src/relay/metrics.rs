@@ -165,7 +165,13 @@ impl RelayMetrics {
         metrics
     }
 
-    pub fn response_started(&self, model: &str, backend: &str, status: StatusCode, first_byte: Duration) {
+    pub fn response_started(
+        &self,
+        model: &str,
+        backend: &str,
+        status: StatusCode,
+        first_byte: Duration,
+    ) {
         self.responses
             .get_or_create(&ResponseLabels {
                 model: model.to_string(),
@@ -236,7 +242,7 @@ impl RelayMetrics {
             };
             self.in_flight
                 .get_or_create(&labels)
-                .set(i64::try_from(view.in_flight).unwrap_or(i64::MAX));
+                .set(i64::from(view.in_flight));
             self.available
                 .get_or_create(&labels)
                 .set(i64::from(view.available));

@@ -22,7 +22,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Frame;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
@@ -129,7 +129,9 @@ impl Proxy {
         let result = match (request.method(), path.as_str()) {
             (&Method::GET, "/v1/models") => Ok(self.models_response()),
             (&Method::GET, "/health" | "/healthz") => Ok(self.health_response()),
-            (&Method::POST, p) if p.starts_with("/v1/") => self.forward(request, &conn, started).await,
+            (&Method::POST, p) if p.starts_with("/v1/") => {
+                self.forward(request, &conn, started).await
+            }
             (method, "/v1/models") => Err(RelayError::MethodNotAllowed {
                 method: method.to_string(),
                 path,
@@ -144,7 +146,10 @@ impl Proxy {
             Err(error) => {
                 tracing::debug!(peer = %conn.peer, protocol = conn.protocol.as_str(), %error, "request refused");
                 self.metrics.request_failed(&error);
-                if matches!(error, RelayError::Saturated { .. } | RelayError::Draining { .. }) {
+                if matches!(
+                    error,
+                    RelayError::Saturated { .. } | RelayError::Draining { .. }
+                ) {
                     self.stats.record_shed(Instant::now());
                 }
                 error.into_response()
@@ -199,10 +204,11 @@ impl Proxy {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        if !content_type
-            .as_deref()
-            .is_some_and(|c| c.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")))
-        {
+        if !content_type.as_deref().is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        }) {
             return Err(RelayError::UnsupportedMediaType { content_type });
         }
         let (parts, body) = request.into_parts();
@@ -218,11 +224,21 @@ impl Proxy {
         }
         let now = Instant::now();
         let load = self.pool.region_load(now);
-        if load.saturation >= self.config.shedding.max_saturation {
-            return Err(RelayError::Saturated {
-                reason: "backends at capacity",
-                retry_after: self.config.shedding.retry_after,
-            });
+        match load.models.iter().find(|m| m.model == model) {
+            Some(m) if m.healthy_backends == 0 => {
+                return Err(RelayError::NoBackend {
+                    model,
+                    retry_after: self.config.shedding.retry_after,
+                });
+            }
+            // Shed before sending: a request admitted now would only queue behind full slots.
+            Some(m) if m.saturation >= self.config.shedding.max_saturation => {
+                return Err(RelayError::Saturated {
+                    reason: "backends at capacity",
+                    retry_after: self.config.shedding.retry_after,
+                });
+            }
+            _ => {}
         }
 
         let deadline = started + self.config.timeouts.total;
@@ -245,7 +261,8 @@ impl Proxy {
                 break;
             };
             if attempt > 0 {
-                self.metrics.retried(&self.config.backends[backend.get()].id);
+                self.metrics
+                    .retried(&self.config.backends[backend.get()].id);
             }
             tried.push(backend);
             match self
@@ -292,49 +309,49 @@ impl Proxy {
             .min(deadline.saturating_duration_since(sent));
         let first_byte_deadline = sent + first_byte_limit;
 
-        let response =
-            match tokio::time::timeout_at(first_byte_deadline.into(), self.client.request(upstream))
-                .await
-            {
-                Err(_elapsed) => {
-                    self.pool
-                        .record_failure(backend, Failure::FirstByteTimeout, Instant::now());
-                    self.stats.record_timeout(Instant::now());
-                    return Attempt::Fail(RelayError::FirstByteTimeout {
-                        backend: backend_id.to_string(),
-                        after: first_byte_limit,
-                    });
-                }
-                Ok(Err(error)) if error.is_connect() => {
-                    // Nothing reached the backend: safe on another one.
-                    self.pool.record_failure(backend, Failure::Connect, Instant::now());
-                    return Attempt::Retry(RelayError::BadGateway {
-                        backend: backend_id.to_string(),
-                        reason: format!("connect failed: {error}"),
-                    });
-                }
-                Ok(Err(error)) => {
-                    // The request may have reached the backend: a retry could run it twice.
-                    self.pool
-                        .record_failure(backend, Failure::ResetBeforeResponse, Instant::now());
-                    self.stats.record_error(Instant::now());
-                    return Attempt::Fail(RelayError::BadGateway {
-                        backend: backend_id.to_string(),
-                        reason: error.to_string(),
-                    });
-                }
-                Ok(Ok(response)) => response,
-            };
+        let response = match tokio::time::timeout_at(
+            first_byte_deadline.into(),
+            self.client.request(upstream),
+        )
+        .await
+        {
+            Err(_elapsed) => {
+                self.pool
+                    .record_failure(backend, Failure::FirstByteTimeout, Instant::now());
+                self.stats.record_timeout(Instant::now());
+                return Attempt::Fail(RelayError::FirstByteTimeout {
+                    backend: backend_id.to_string(),
+                    after: first_byte_limit,
+                });
+            }
+            Ok(Err(error)) if error.is_connect() => {
+                // Nothing reached the backend: safe on another one.
+                self.pool
+                    .record_failure(backend, Failure::Connect, Instant::now());
+                return Attempt::Retry(RelayError::BadGateway {
+                    backend: backend_id.to_string(),
+                    reason: format!("connect failed: {error}"),
+                });
+            }
+            Ok(Err(error)) => {
+                // The request may have reached the backend: a retry could run it twice.
+                self.pool
+                    .record_failure(backend, Failure::ResetBeforeResponse, Instant::now());
+                self.stats.record_error(Instant::now());
+                return Attempt::Fail(RelayError::BadGateway {
+                    backend: backend_id.to_string(),
+                    reason: error.to_string(),
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
 
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             // Refused before any body: the backend did no work, another one may.
             let retry_after = retry_after(response.headers());
-            self.pool.record_failure(
-                backend,
-                Failure::Overloaded { retry_after },
-                Instant::now(),
-            );
+            self.pool
+                .record_failure(backend, Failure::Overloaded { retry_after }, Instant::now());
             return Attempt::Retry(RelayError::Saturated {
                 reason: "every backend refused the request",
                 retry_after: retry_after
@@ -371,8 +388,13 @@ impl Proxy {
         let first_byte_after = sent.elapsed();
         let now = Instant::now();
         if status.is_server_error() {
-            self.pool
-                .record_failure(backend, Failure::Status { code: status.as_u16() }, now);
+            self.pool.record_failure(
+                backend,
+                Failure::Status {
+                    code: status.as_u16(),
+                },
+                now,
+            );
             self.stats.record_error(now);
         } else {
             self.pool.record_success(backend, first_byte_after, now);
@@ -392,7 +414,7 @@ impl Proxy {
         let stream = Relayed {
             first,
             upstream: upstream_body,
-            in_flight,
+            _in_flight: in_flight,
             is_sse,
             idle: self.config.timeouts.idle,
             deadline,
@@ -405,7 +427,8 @@ impl Proxy {
             last_frame: now,
             done: false,
         };
-        let body = StreamBody::new(futures_util::stream::unfold(stream, Relayed::next)).boxed_unsync();
+        let body =
+            StreamBody::new(futures_util::stream::unfold(stream, Relayed::next)).boxed_unsync();
         Attempt::Response(Response::from_parts(head, body))
     }
 }
@@ -415,7 +438,7 @@ struct Relayed {
     first: Option<Frame<Bytes>>,
     upstream: hyper::body::Incoming,
     /// Held until the body ends or is dropped: the backend counts as busy until then.
-    in_flight: InFlight,
+    _in_flight: InFlight,
     is_sse: bool,
     idle: Duration,
     deadline: Instant,
@@ -445,14 +468,14 @@ impl Relayed {
                 if frame.is_data() {
                     self.stats
                         .record_inter_chunk(&self.model, now - self.last_frame, now);
-                    self.metrics
-                        .inter_chunk(&self.model, now - self.last_frame);
+                    self.metrics.inter_chunk(&self.model, now - self.last_frame);
                     self.last_frame = now;
                 }
                 Some((Ok(frame), self))
             }
             Ok(None) => {
-                self.metrics.response_finished(&self.model, &self.backend_id);
+                self.metrics
+                    .response_finished(&self.model, &self.backend_id);
                 None
             }
             Ok(Some(Err(error))) => {
@@ -461,11 +484,17 @@ impl Relayed {
             }
             Err(_elapsed) => {
                 let (failure, reason) = if limit >= self.deadline {
-                    (Failure::IdleTimeout, "the request exceeded its total time limit".to_string())
+                    (
+                        Failure::IdleTimeout,
+                        "the request exceeded its total time limit".to_string(),
+                    )
                 } else {
                     (
                         Failure::IdleTimeout,
-                        format!("backend {} went silent for {:?}", self.backend_id, self.idle),
+                        format!(
+                            "backend {} went silent for {:?}",
+                            self.backend_id, self.idle
+                        ),
                     )
                 };
                 self.stats.record_timeout(Instant::now());
@@ -502,10 +531,7 @@ fn upstream_request(
     body: Bytes,
     conn: &ConnInfo,
 ) -> Result<Request<Body>, String> {
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let base_path = base.path().trim_end_matches('/');
     let uri = http::Uri::builder()
         .scheme(base.scheme_str().unwrap_or("http"))
@@ -563,20 +589,27 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// Reads the whole request body (it is needed for `model`, and kept to resend on a retry).
-async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, RelayError> {
-    let limited = Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(RelayError::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) => {
-            if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Err(RelayError::BodyTooLarge { limit })
-            } else {
-                Err(RelayError::BodyUnreadable {
+/// Reads the whole request body (it is needed for `model`, and kept to resend on a retry),
+/// refusing it as soon as it passes `limit` and when the client is too slow to send it.
+async fn read_body(mut body: Body, limit: usize, timeout: Duration) -> Result<Bytes, RelayError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut collected = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(RelayError::BodyTimeout),
+            Ok(None) => return Ok(collected.freeze()),
+            Ok(Some(Err(error))) => {
+                return Err(RelayError::BodyUnreadable {
                     reason: error.to_string(),
-                })
+                });
             }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > limit {
+                return Err(RelayError::BodyTooLarge { limit });
+            }
+            collected.extend_from_slice(&data);
         }
     }
 }
@@ -627,11 +660,20 @@ mod tests {
 
     #[test]
     fn model_is_read_from_the_body() {
-        assert_eq!(model_of(br#"{"model":"m","messages":[]}"#), Ok("m".to_string()));
-        assert_eq!(model_of(br#"{"messages":[]}"#), Err(RelayError::MissingModel));
+        assert_eq!(
+            model_of(br#"{"model":"m","messages":[]}"#),
+            Ok("m".to_string())
+        );
+        assert_eq!(
+            model_of(br#"{"messages":[]}"#),
+            Err(RelayError::MissingModel)
+        );
         assert_eq!(model_of(br#"{"model":7}"#), Err(RelayError::MissingModel));
         assert_eq!(model_of(br#"{"model":""}"#), Err(RelayError::MissingModel));
-        assert!(matches!(model_of(b"{nope"), Err(RelayError::InvalidJson { .. })));
+        assert!(matches!(
+            model_of(b"{nope"),
+            Err(RelayError::InvalidJson { .. })
+        ));
         assert!(matches!(
             model_of(b"{\"model\":\"\xff\"}"),
             Err(RelayError::InvalidJson { .. })
@@ -641,9 +683,15 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_not_forwarded() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
         strip_hop_by_hop(&mut headers);
         assert!(headers.get("x-secret").is_none());
@@ -658,7 +706,10 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&headers), None);
     }
 }

@@ -57,7 +57,9 @@ impl RetryBudget {
     fn bucket(&self, now: Instant) -> std::sync::MutexGuard<'_, Bucket> {
         // The state is two numbers; a panic elsewhere cannot leave them inconsistent.
         let mut bucket = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let elapsed = now.saturating_duration_since(bucket.last_refill).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(bucket.last_refill)
+            .as_secs_f64();
         bucket.balance = (bucket.balance + elapsed * self.per_second).min(self.cap);
         bucket.last_refill = now.max(bucket.last_refill);
         bucket
@@ -114,7 +116,9 @@ mod tests {
             budget.deposit(start);
         }
         let much_later = start + Duration::from_secs(3600);
-        let spent = (0..1000).filter(|_| budget.try_withdraw(much_later)).count();
+        let spent = (0..1000)
+            .filter(|_| budget.try_withdraw(much_later))
+            .count();
         assert_eq!(spent, 10);
     }
 }

@@ -140,10 +140,20 @@ impl RequestStats {
 
     pub fn latency(&self, now: Instant) -> HashMap<String, ModelLatency> {
         let mut out: HashMap<String, ModelLatency> = HashMap::new();
-        for (model, samples) in self.first_byte.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (model, samples) in self
+            .first_byte
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             out.entry(model.clone()).or_default().ttft = percentiles(samples, now);
         }
-        for (model, samples) in self.inter_chunk.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (model, samples) in self
+            .inter_chunk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             out.entry(model.clone()).or_default().inter_token = percentiles(samples, now);
         }
         out
@@ -277,7 +287,10 @@ mod tests {
         for _ in 0..(SAMPLES_PER_MODEL * 3) {
             stats.record_inter_chunk("m", Duration::from_millis(5), now);
         }
-        assert_eq!(stats.latency(now)["m"].inter_token.samples, SAMPLES_PER_MODEL);
+        assert_eq!(
+            stats.latency(now)["m"].inter_token.samples,
+            SAMPLES_PER_MODEL
+        );
     }
 
     #[test]
@@ -304,8 +317,16 @@ mod tests {
         let stats = RequestStats::default();
         let now = Instant::now();
         stats.record_client_rtt("192.0.2.1".parse().unwrap(), Duration::from_millis(10), now);
-        stats.record_client_rtt("192.0.2.99".parse().unwrap(), Duration::from_millis(20), now);
-        stats.record_client_rtt("::ffff:192.0.2.7".parse().unwrap(), Duration::from_millis(10), now);
+        stats.record_client_rtt(
+            "192.0.2.99".parse().unwrap(),
+            Duration::from_millis(20),
+            now,
+        );
+        stats.record_client_rtt(
+            "::ffff:192.0.2.7".parse().unwrap(),
+            Duration::from_millis(10),
+            now,
+        );
         let table = stats.client_rtt(now);
         assert_eq!(table.len(), 1);
         assert_eq!(table[0].prefix, "192.0.2.0/24");

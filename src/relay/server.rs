@@ -1,0 +1,249 @@
+//! Starting, draining and stopping a relay: binds the listeners, wires pool, proxy, fronts,
+//! probes, admin and certificate reload together, and tears them down in the right order.
+//!
+//! Drain order: the proxy refuses new requests (503 + `Connection: close`), the fronts stop
+//! accepting and send GOAWAY (h2, h3), in-flight streams finish, the fronts return; only then
+//! do the probes, the admin listener and the certificate watcher stop.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use http::HeaderValue;
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tracing::info;
+
+use super::{
+    admin::{AdminState, serve_admin},
+    config::model::RelayConfig,
+    front::{h3_endpoint, serve_h3, serve_https, serve_plain},
+    metrics::RelayMetrics,
+    pool::Pool,
+    probe,
+    proxy::{Proxy, ProxyService},
+    service::RelayService,
+    stats::RequestStats,
+    tls::{self, CertStore, TlsError},
+};
+
+/// Why a relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot bind {transport} {address}: {source}")]
+    Bind {
+        transport: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Margin on top of the longest silence a request may have, before QUIC calls a connection
+/// idle: a slow first token must never cost the client its connection.
+const QUIC_IDLE_MARGIN: Duration = Duration::from_secs(10);
+
+/// A running relay.
+pub struct RelayHandle {
+    pub https: SocketAddr,
+    pub h3: Option<SocketAddr>,
+    pub plain: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    pub certs: Arc<CertStore>,
+    /// Fires when the admin API asks for a drain.
+    pub drain_requested: watch::Receiver<bool>,
+    drain: watch::Sender<bool>,
+    fronts_drain: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
+    fronts: JoinSet<()>,
+    background: JoinSet<()>,
+}
+
+impl RelayHandle {
+    pub async fn start(config: RelayConfig) -> Result<RelayHandle, StartError> {
+        tls::install_crypto_provider();
+        let config = Arc::new(config);
+        let certs = Arc::new(CertStore::load(config.tls.clone())?);
+        let tcp_config = tls::tcp_server_config(certs.clone())?;
+
+        let (https_listener, udp) = bind_front(config.listen, config.http3).await?;
+        let https = local(&https_listener, "TCP", config.listen)?;
+        let plain_listener = match config.plain_listen {
+            Some(address) => Some(bind_tcp(address).await?),
+            None => None,
+        };
+        let admin_listener = bind_tcp(config.admin_listen).await?;
+        let admin = local(&admin_listener, "TCP", config.admin_listen)?;
+
+        let pool = Arc::new(Pool::new(&config));
+        let metrics = Arc::new(RelayMetrics::new());
+        let stats = Arc::new(RequestStats::default());
+        let proxy = Arc::new(Proxy::new(
+            config.clone(),
+            pool.clone(),
+            metrics.clone(),
+            stats.clone(),
+        ));
+        let service: Arc<dyn RelayService> = Arc::new(ProxyService(proxy.clone()));
+        let (drain, drain_requested) = watch::channel(false);
+        let (fronts_drain, fronts_drain_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let mut fronts = JoinSet::new();
+        let mut h3 = None;
+        let mut alt_svc = None;
+        if let Some(socket) = udp {
+            let idle = config.timeouts.first_byte.max(config.timeouts.idle) + QUIC_IDLE_MARGIN;
+            let quic_config = tls::quic_server_config(certs.clone(), &config.limits, idle)?;
+            let address = socket.local_addr().map_err(|source| StartError::Bind {
+                transport: "UDP",
+                address: config.listen,
+                source,
+            })?;
+            let endpoint = h3_endpoint(socket, quic_config).map_err(|source| StartError::Bind {
+                transport: "UDP",
+                address,
+                source,
+            })?;
+            alt_svc = HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", address.port())).ok();
+            h3 = Some(address);
+            fronts.spawn(serve_h3(
+                endpoint,
+                service.clone(),
+                config.limits,
+                fronts_drain_rx.clone(),
+            ));
+        }
+        fronts.spawn(serve_https(
+            https_listener,
+            tcp_config,
+            service.clone(),
+            config.limits,
+            alt_svc,
+            fronts_drain_rx.clone(),
+        ));
+        let plain = match plain_listener {
+            Some(listener) => {
+                let address = local(&listener, "TCP", config.listen)?;
+                fronts.spawn(serve_plain(
+                    listener,
+                    service.clone(),
+                    config.limits,
+                    fronts_drain_rx.clone(),
+                ));
+                Some(address)
+            }
+            None => None,
+        };
+
+        let mut background = JoinSet::new();
+        background.spawn(probe::run(
+            pool.clone(),
+            config.clone(),
+            shutdown_rx.clone(),
+        ));
+        let watcher = certs.clone().watch(shutdown_rx.clone());
+        background.spawn(async move {
+            let _ = watcher.await;
+        });
+        let admin_state = Arc::new(AdminState {
+            config: config.clone(),
+            proxy: proxy.clone(),
+            metrics,
+            stats,
+            drain: drain.clone(),
+            report_sequence: Default::default(),
+        });
+        background.spawn(serve_admin(admin_listener, admin_state, shutdown_rx));
+
+        info!(region = %config.region, %https, ?h3, ?plain, %admin, backends = config.backends.len(), "relay serving");
+        Ok(RelayHandle {
+            https,
+            h3,
+            plain,
+            admin,
+            proxy,
+            certs,
+            drain_requested,
+            drain,
+            fronts_drain,
+            shutdown,
+            fronts,
+            background,
+        })
+    }
+
+    /// Drains (no new requests, in-flight ones finish, GOAWAY) and stops. In-flight requests
+    /// get at most `grace`; whatever is still running then is cut.
+    pub async fn drain_and_stop(mut self, grace: Duration) {
+        let _ = self.drain.send(true);
+        self.proxy.start_draining();
+        let _ = self.fronts_drain.send(true);
+        let fronts = async { while self.fronts.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, fronts).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "drain grace period over; cutting the remaining streams"
+            );
+            self.fronts.abort_all();
+        }
+        let _ = self.shutdown.send(true);
+        while self.background.join_next().await.is_some() {}
+        info!("relay stopped");
+    }
+}
+
+/// TCP for HTTPS and, with HTTP/3, UDP on the same port (with port 0, the port TCP got).
+async fn bind_front(
+    address: SocketAddr,
+    http3: bool,
+) -> Result<(TcpListener, Option<std::net::UdpSocket>), StartError> {
+    let mut last_error = None;
+    for _ in 0..16 {
+        let tcp = bind_tcp(address).await?;
+        if !http3 {
+            return Ok((tcp, None));
+        }
+        let port = local(&tcp, "TCP", address)?.port();
+        let mut udp_address = address;
+        udp_address.set_port(port);
+        match std::net::UdpSocket::bind(udp_address) {
+            Ok(udp) => return Ok((tcp, Some(udp))),
+            // Port 0: the UDP side of the port TCP got may be taken; try another.
+            Err(error) if address.port() == 0 => last_error = Some(error),
+            Err(source) => {
+                return Err(StartError::Bind {
+                    transport: "UDP",
+                    address: udp_address,
+                    source,
+                });
+            }
+        }
+    }
+    Err(StartError::Bind {
+        transport: "UDP",
+        address,
+        source: last_error.unwrap_or_else(|| std::io::Error::other("no free port pair")),
+    })
+}
+
+async fn bind_tcp(address: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind {
+            transport: "TCP",
+            address,
+            source,
+        })
+}
+
+fn local(
+    listener: &TcpListener,
+    transport: &'static str,
+    address: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        transport,
+        address,
+        source,
+    })
+}
