@@ -14,3 +14,4 @@ pub mod service;
 pub mod signals;
 pub mod stats;
 pub mod tls;
+pub mod upstream;

@@ -21,13 +21,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper_util::{
-    client::legacy::{
-        Client,
-        connect::{Connect, HttpConnector},
-    },
-    rt::TokioExecutor,
-};
+use hyper_util::client::legacy::{Client, connect::Connect};
 use serde::Deserialize;
 use tokio::{sync::watch, task::JoinSet, time::Instant};
 use tracing::{debug, info, warn};
@@ -58,15 +52,10 @@ const MAX_FIRST_DELAY: Duration = Duration::from_secs(1);
 /// Probes every backend of `config` until `shutdown` turns true (or its sender goes away),
 /// over plain HTTP with the configured connect timeout.
 pub async fn run(pool: Arc<Pool>, config: Arc<RelayConfig>, shutdown: watch::Receiver<bool>) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeouts.connect));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let client = super::upstream::client(&config);
     run_with_client(pool, config, client, shutdown).await;
 }
 
-/// [`run`] over a client of the caller's choosing (e.g. one that also speaks TLS to `https`
-/// backends).
 pub async fn run_with_client<C>(
     pool: Arc<Pool>,
     config: Arc<RelayConfig>,

@@ -23,10 +23,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper_util::client::legacy::Client;
 
 use super::{
     config::model::{BackendIdx, RelayConfig},
@@ -36,6 +33,7 @@ use super::{
     retry::RetryBudget,
     service::{Body, BodyError, ConnInfo, RelayService, ResponseFuture, full_body},
     stats::RequestStats,
+    upstream::{self, UpstreamConnector},
 };
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
@@ -52,7 +50,7 @@ const HOP_BY_HOP: [header::HeaderName; 7] = [
 pub struct Proxy {
     config: Arc<RelayConfig>,
     pool: Arc<Pool>,
-    client: Client<HttpConnector, Body>,
+    client: Client<UpstreamConnector, Body>,
     budget: RetryBudget,
     metrics: Arc<RelayMetrics>,
     stats: Arc<RequestStats>,
@@ -86,14 +84,7 @@ impl Proxy {
         metrics: Arc<RelayMetrics>,
         stats: Arc<RequestStats>,
     ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeouts.connect));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .http1_max_buf_size(config.limits.max_response_header_bytes.max(8192))
-            .build(connector);
+        let client = upstream::client(&config);
         let now = Instant::now();
         Proxy {
             budget: RetryBudget::new(&config.retry, now),
