@@ -120,13 +120,13 @@ impl Proxy {
         let result = match (request.method(), path.as_str()) {
             (&Method::GET, "/v1/models") => Ok(self.models_response()),
             (&Method::GET, "/health" | "/healthz") => Ok(self.health_response()),
-            (&Method::POST, p) if p.starts_with("/v1/") => {
-                self.forward(request, &conn, started).await
-            }
             (method, "/v1/models") => Err(RelayError::MethodNotAllowed {
                 method: method.to_string(),
                 path,
             }),
+            (&Method::POST, p) if p.starts_with("/v1/") => {
+                self.forward(request, &conn, started).await
+            }
             (method, _) => Err(RelayError::NotFound {
                 method: method.to_string(),
                 path,

@@ -166,6 +166,11 @@ async fn serve_connection(
     // Dropping `h3` closes the connection, so its requests finish first.
     requests.close();
     requests.wait().await;
+    if draining {
+        // Let the client read the last bytes and close first: a CONNECTION_CLOSE sent right
+        // after the final FIN allows the peer to drop data its application has not read yet.
+        let _ = tokio::time::timeout(CLOSE_GRACE, connection.closed()).await;
+    }
 }
 
 async fn serve_request(
