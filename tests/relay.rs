@@ -835,6 +835,11 @@ async fn region_health_and_metrics_reflect_the_traffic() {
         report["rates"]["requests_per_s"].as_f64().unwrap() > 0.0,
         "{report}"
     );
+    // The h2 connection's TLS handshake gave a client RTT for its /24.
+    let rtt = &report["client_rtt"];
+    assert_eq!(rtt[0]["prefix"], "127.0.0.0/24", "{report}");
+    assert!(rtt[0]["samples"].as_u64().unwrap() >= 6, "{report}");
+    assert!(rtt[0]["rtt_ms"].as_f64().unwrap() >= 0.0, "{report}");
     let sequence = report["sequence"].as_u64().unwrap();
     let next = relay.admin_json("/region/health").await;
     assert!(next["sequence"].as_u64().unwrap() > sequence, "{next}");

@@ -47,6 +47,10 @@ pub async fn serve_https(
         let http = http.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            // A client sends its ClientHello right after the TCP handshake, and its Finished
+            // one round trip after our reply: accept → handshake done ≈ one RTT (plus a
+            // sub-millisecond of crypto), the client's network RTT for the region report.
+            let accepted = std::time::Instant::now();
             let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp))
                 .await
             {
@@ -64,7 +68,8 @@ pub async fn serve_https(
                 Some(b"h2") => HttpVersion::Http2,
                 _ => HttpVersion::Http1,
             };
-            http.serve(tls, version, peer, watcher).await;
+            let rtt = accepted.elapsed();
+            http.serve(tls, version, peer, Some(rtt), watcher).await;
         });
     }
     // Refuse from now on, rather than leave new connections waiting in the backlog.

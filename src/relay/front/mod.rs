@@ -158,15 +158,21 @@ impl HttpConnections {
     /// Serves one connection until it ends, or until shutdown (through `watcher`) finished it
     /// gracefully. Errors end the connection and are logged here, once, at debug: a client
     /// that goes away is routine.
-    async fn serve<I>(&self, io: I, version: HttpVersion, peer: SocketAddr, watcher: Watcher)
-    where
+    async fn serve<I>(
+        &self,
+        io: I,
+        version: HttpVersion,
+        peer: SocketAddr,
+        rtt: Option<Duration>,
+        watcher: Watcher,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let conn = ConnInfo {
             peer,
             protocol: version.protocol(),
             secure: self.secure,
-            rtt: None,
+            rtt,
         };
         let first_request = Arc::new(Notify::new());
         let service = {

@@ -54,7 +54,7 @@ pub async fn serve_plain(
                     }
                 };
             let io = Rewound { prefix, inner: tcp };
-            http.serve(io, version, peer, watcher).await;
+            http.serve(io, version, peer, None, watcher).await;
         });
     }
     drop(listener);
