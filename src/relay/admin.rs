@@ -1,5 +1,5 @@
 //! The relay's admin listener: `/metrics`, `/region/health`, and operator actions (drain the
-//! relay, drain or undrain one backend).
+//! relay, drain or undrain one backend, reload the configuration file).
 //!
 //! Plain HTTP/1.1 on `admin_listen` (loopback by default). It has no authentication yet: bind
 //! it only where operators alone can reach it. Mutating calls are `POST`s.
@@ -22,12 +22,14 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, info};
 
 use super::{
-    config::model::{BackendIdx, RelayConfig},
+    config::model::RelayConfig,
     metrics::RelayMetrics,
     proxy::Proxy,
+    reconfigure::{Reconfigure, ReloadError},
     report,
     stats::RequestStats,
 };
+use crate::config::ConfigError;
 
 /// What the admin handlers act on.
 pub struct AdminState {
@@ -38,6 +40,8 @@ pub struct AdminState {
     /// Set to true to drain the whole relay (the same as SIGTERM).
     pub drain: watch::Sender<bool>,
     pub report_sequence: AtomicU64,
+    /// `POST /admin/reload`: the same procedure as SIGHUP.
+    pub reconfigure: Arc<Reconfigure>,
 }
 
 pub async fn serve_admin(
@@ -57,7 +61,7 @@ pub async fn serve_admin(
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request)) }
+                async move { Ok::<_, Infallible>(handle(&state, request).await) }
             });
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -71,7 +75,7 @@ pub async fn serve_admin(
     }
 }
 
-fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match (request.method(), segments.as_slice()) {
@@ -105,7 +109,7 @@ fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes
                     serde_json::json!({
                         "id": &*v.id, "kind": v.kind.as_str(), "models": v.models,
                         "health": format!("{:?}", v.health).to_lowercase(),
-                        "available": v.available, "drained": v.drained,
+                        "available": v.available, "drained": v.drained, "removed": v.removed,
                         "ejected_for_ms": v.ejected_for.map(|d| d.as_millis() as u64),
                         "in_flight": v.in_flight, "load_score": v.score,
                         "consecutive_failures": v.consecutive_failures,
@@ -123,22 +127,23 @@ fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes
             )
         }
         (&Method::POST, ["admin", "backends", id, action @ ("drain" | "undrain")]) => {
-            let Some(index) = state.config.backends.iter().position(|b| &*b.id == *id) else {
+            let Some(index) = state.proxy.pool().find(id) else {
                 return json(
                     StatusCode::NOT_FOUND,
                     &serde_json::json!({ "error": format!("no backend `{id}`") }),
                 );
             };
-            let Ok(index) = u16::try_from(index) else {
-                return json(StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!({}));
-            };
             let drained = *action == "drain";
-            state.proxy.pool().set_drained(BackendIdx(index), drained);
+            state.proxy.pool().set_drained(index, drained);
             info!(backend = %id, drained, "backend drain state changed through the admin API");
             json(
                 StatusCode::OK,
                 &serde_json::json!({ "backend": id, "drained": drained }),
             )
+        }
+        (&Method::POST, ["admin", "reload"]) => {
+            info!("configuration reload requested through the admin API");
+            reload(state).await
         }
         (_, ["metrics"] | ["region", "health"] | ["admin", ..]) => json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -148,9 +153,46 @@ fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes
             StatusCode::NOT_FOUND,
             &serde_json::json!({ "error": "not found", "routes": [
                 "GET /metrics", "GET /region/health", "GET /admin/backends",
-                "POST /admin/drain", "POST /admin/backends/{id}/drain", "POST /admin/backends/{id}/undrain"
+                "POST /admin/drain", "POST /admin/backends/{id}/drain", "POST /admin/backends/{id}/undrain",
+                "POST /admin/reload"
             ]}),
         ),
+    }
+}
+
+/// 200 with what changed, or the rejection: 422 with every problem and its field path for a
+/// file that does not parse or validate, 500 when it cannot be read.
+async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
+    match state.reconfigure.reload().await {
+        Ok(reloaded) => {
+            let ids = |ids: &[Arc<str>]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+            let b = &reloaded.backends;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "added": ids(&b.added), "removed": ids(&b.removed),
+                    "changed": ids(&b.changed), "drain_changed": ids(&b.drain_changed),
+                    "no_room": ids(&b.no_room), "needs_restart": reloaded.needs_restart,
+                }),
+            )
+        }
+        Err(ReloadError::Rejected(error)) => {
+            let (status, problems) = match &error {
+                ConfigError::Read { .. } => (StatusCode::INTERNAL_SERVER_ERROR, Vec::new()),
+                ConfigError::Syntax { .. } => (StatusCode::UNPROCESSABLE_ENTITY, Vec::new()),
+                ConfigError::Invalid { errors, .. } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    errors
+                        .iter()
+                        .map(|e| serde_json::json!({ "field": e.field, "problem": e.problem.to_string() }))
+                        .collect(),
+                ),
+            };
+            json(
+                status,
+                &serde_json::json!({ "error": error.to_string(), "problems": problems }),
+            )
+        }
     }
 }
 

@@ -44,6 +44,11 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ErrorLabels {
     code: &'static str,
     status: u16,
@@ -65,6 +70,7 @@ pub struct RelayMetrics {
     available: Family<BackendLabels, Gauge>,
     load_score: Family<BackendLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     saturation: Gauge<f64, std::sync::atomic::AtomicU64>,
+    reloads: Family<ReloadLabels, Counter>,
 }
 
 fn first_byte_histogram() -> Histogram {
@@ -100,6 +106,7 @@ impl RelayMetrics {
             available: Family::default(),
             load_score: Family::default(),
             saturation: Gauge::default(),
+            reloads: Family::default(),
         };
         registry.register(
             "responses",
@@ -160,6 +167,11 @@ impl RelayMetrics {
             "region_saturation",
             "Capacity-weighted load of the region's backends (0..1)",
             metrics.saturation.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration reloads, by result (applied, rejected)",
+            metrics.reloads.clone(),
         );
         *metrics.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         metrics
@@ -233,9 +245,22 @@ impl RelayMetrics {
         self.retries_denied.inc();
     }
 
+    /// One configuration reload; `applied` tells an applied file from a rejected one.
+    pub fn reloaded(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
     /// The exposition text, with backend gauges read from the pool now.
     pub fn encode(&self, pool: &Arc<Pool>) -> String {
         let now = Instant::now();
+        // Held from the reset to the encoding, so concurrent scrapes cannot see each other's
+        // half-refilled gauges.
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Backends come and go with reloads: only those the pool still shows get a series.
+        self.in_flight.clear();
+        self.available.clear();
+        self.load_score.clear();
         for view in pool.views(now) {
             let labels = BackendLabels {
                 backend: view.id.to_string(),
@@ -250,7 +275,6 @@ impl RelayMetrics {
         }
         self.saturation.set(pool.region_load(now).saturation);
         let mut text = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
             text = "# encoding failed\n".to_string();
         }

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod pool;
 pub mod probe;
 pub mod proxy;
+pub mod reconfigure;
 pub mod report;
 pub mod retry;
 pub mod server;

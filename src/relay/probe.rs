@@ -1,6 +1,8 @@
 //! The prober: the IO that keeps [`Pool`] informed about each backend, off the request path.
 //!
-//! Per backend, three loops run until shutdown:
+//! Per live backend of the pool, three loops run until shutdown or until the backend is
+//! removed (a supervisor follows [`Pool::changes`], starting the loops of added members and
+//! stopping those of removed ones; a changed backend is a new member with new loops):
 //!
 //! - **scrape**, every `scrape_interval`: the load signals (`GET /metrics`, llama.cpp also
 //!   `GET /slots`) → [`Pool::update_signals`], and with `models = "discover"` the model list
@@ -16,7 +18,7 @@
 //! (hysteresis, freshness, what "down" means) belong to the pool; this module only fetches,
 //! parses through [`super::signals`], and reports. It logs only when something flips.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
@@ -49,8 +51,9 @@ const JITTER: f64 = 0.1;
 /// backend), so a dead backend is found quickly even with a 30 s deep interval.
 const MAX_FIRST_DELAY: Duration = Duration::from_secs(1);
 
-/// Probes every backend of `config` until `shutdown` turns true (or its sender goes away),
-/// over plain HTTP with the configured connect timeout.
+/// Probes every live backend of `pool` until `shutdown` turns true (or its sender goes away),
+/// over plain HTTP with the configured connect timeout. Follows the pool: backends added by
+/// [`Pool::reconcile`] get their loops, removed ones lose them.
 pub async fn run(pool: Arc<Pool>, config: Arc<RelayConfig>, shutdown: watch::Receiver<bool>) {
     let client = super::upstream::client(&config);
     run_with_client(pool, config, client, shutdown).await;
@@ -60,26 +63,64 @@ pub async fn run_with_client<C>(
     pool: Arc<Pool>,
     config: Arc<RelayConfig>,
     client: Client<C, Full<Bytes>>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) where
     C: Connect + Clone + Send + Sync + 'static,
 {
+    let mut changes = pool.changes();
+    // One stop signal per member: dropping or setting it ends that member's loops only.
+    let mut probing: HashMap<(BackendIdx, u64), watch::Sender<bool>> = HashMap::new();
     let mut loops = JoinSet::new();
-    for (backend, i) in config.backends.iter().zip(0u16..) {
-        let prober = match Prober::new(BackendIdx(i), backend, &config, &pool, &client) {
-            Ok(prober) => Arc::new(prober),
-            Err(error) => {
-                // The validated config makes this unreachable; if not, the backend keeps its
-                // Unknown health rather than stopping the relay.
-                warn!(backend = %backend.id, %error, "cannot build probe URLs; not probing");
+    loop {
+        changes.borrow_and_update();
+        let live = pool.live();
+        probing.retain(|&(idx, incarnation), stop| {
+            let still_live = live
+                .iter()
+                .any(|b| b.idx == idx && b.incarnation == incarnation);
+            if !still_live {
+                let _ = stop.send(true);
+            }
+            still_live
+        });
+        for target in &live {
+            let key = (target.idx, target.incarnation);
+            if probing.contains_key(&key) {
                 continue;
             }
-        };
-        if signals::publishes_signals(prober.kind) || prober.discover {
-            loops.spawn(prober.clone().scrape_loop(shutdown.clone()));
+            let (stop, stopped) = watch::channel(false);
+            probing.insert(key, stop);
+            let backend = &target.backend;
+            let prober = match Prober::new(target.idx, backend, &config, &pool, &client) {
+                Ok(prober) => Arc::new(prober),
+                Err(error) => {
+                    // The validated config makes this unreachable; if not, the backend keeps
+                    // its Unknown health rather than stopping the relay.
+                    warn!(backend = %backend.id, %error, "cannot build probe URLs; not probing");
+                    continue;
+                }
+            };
+            if signals::publishes_signals(prober.kind) || prober.discover {
+                loops.spawn(prober.clone().scrape_loop(stopped.clone()));
+            }
+            loops.spawn(prober.clone().liveness_loop(stopped.clone()));
+            loops.spawn(prober.deep_loop(stopped));
         }
-        loops.spawn(prober.clone().liveness_loop(shutdown.clone()));
-        loops.spawn(prober.deep_loop(shutdown.clone()));
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    // The pool outlived its own sender: nothing will change any more.
+                    stopped(&mut shutdown).await;
+                    break;
+                }
+            }
+            // Reaps the loops of removed members as they end.
+            Some(_) = loops.join_next() => {}
+            () = stopped(&mut shutdown) => break,
+        }
+    }
+    for stop in probing.values() {
+        let _ = stop.send(true);
     }
     while loops.join_next().await.is_some() {}
 }
@@ -594,6 +635,83 @@ mod tests {
         hang.store(false, Ordering::Relaxed);
         eventually("generation works again", || view(&pool).available).await;
         assert_eq!(pool.pick("tiny", &[], 0, now()), Some(BackendIdx(0)));
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), prober)
+            .await
+            .expect("probe loops stop on shutdown")
+            .unwrap();
+    }
+
+    /// A fake vLLM that counts its liveness probes.
+    async fn counted_backend() -> (Uri, Arc<AtomicU32>) {
+        let hits = Arc::new(AtomicU32::new(0));
+        let counter = hits.clone();
+        let routes: Routes = Arc::new(move |_, path| match path {
+            "/llm/health" => {
+                counter.fetch_add(1, Ordering::Relaxed);
+                Reply::Body(String::new())
+            }
+            "/llm/v1/completions" => Reply::Body("{}".into()),
+            _ => Reply::Status(404),
+        });
+        (fake_backend(routes).await, hits)
+    }
+
+    #[tokio::test]
+    async fn probes_follow_the_pool_through_reconfiguration() {
+        let (first_url, first_hits) = counted_backend().await;
+        let (second_url, second_hits) = counted_backend().await;
+        let models = ModelSource::Declared(vec!["tiny".into()]);
+        let config = Arc::new(fast_config(first_url, BackendKind::Vllm, models));
+        let first = config.backends[0].clone();
+        let second = Backend {
+            id: "second".into(),
+            base_url: second_url,
+            ..first.clone()
+        };
+        let pool = Arc::new(Pool::new(&config));
+        let (stop, shutdown) = watch::channel(false);
+        let prober = tokio::spawn(run(pool.clone(), config, shutdown));
+        let hits = |counter: &AtomicU32| counter.load(Ordering::Relaxed);
+
+        eventually("the first backend is probed", || hits(&first_hits) >= 2).await;
+        assert_eq!(hits(&second_hits), 0);
+
+        // Added: probed from now on, and usable once it is.
+        pool.reconcile(&[first.clone(), second.clone()]);
+        eventually("the added backend is probed", || hits(&second_hits) >= 2).await;
+        let second_idx = pool.find("second").unwrap();
+        eventually("the added backend's probes are recorded", || {
+            pool.probe_health(second_idx, ProbeKind::Liveness) == Health::Up
+        })
+        .await;
+
+        // Removed: its loops stop. One probe may have been on its way; after the other backend
+        // got several more, the removed one must have had no new ones beyond that.
+        pool.reconcile(std::slice::from_ref(&second));
+        let at_removal = hits(&first_hits);
+        let second_then = hits(&second_hits);
+        eventually("the remaining backend keeps being probed", || {
+            hits(&second_hits) >= second_then + 5
+        })
+        .await;
+        assert!(
+            hits(&first_hits) <= at_removal + 1,
+            "the removed backend is still probed: {} after {at_removal}",
+            hits(&first_hits)
+        );
+
+        // Changed (new URL): the new member's loops probe the new address.
+        let (third_url, third_hits) = counted_backend().await;
+        pool.reconcile(&[Backend {
+            base_url: third_url,
+            ..second
+        }]);
+        eventually("the changed backend is probed at its new URL", || {
+            hits(&third_hits) >= 2
+        })
+        .await;
 
         stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), prober)

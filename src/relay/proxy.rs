@@ -251,9 +251,10 @@ impl Proxy {
             let Some(backend) = self.pool.pick(&model, &tried, seed, now) else {
                 break;
             };
-            if attempt > 0 {
-                self.metrics
-                    .retried(&self.config.backends[backend.get()].id);
+            if attempt > 0
+                && let Some(config) = self.pool.backend(backend)
+            {
+                self.metrics.retried(&config.id);
             }
             tried.push(backend);
             match self
@@ -281,7 +282,14 @@ impl Proxy {
         deadline: Instant,
     ) -> Attempt {
         let in_flight = self.pool.begin(backend);
-        let backend_config = &self.config.backends[backend.get()];
+        // Looked up in the pool, not the start-up config: the backend may have been added by a
+        // reload, and one removed since `pick` is still there (as a tombstone) to finish on.
+        let Some(backend_config) = self.pool.backend(backend) else {
+            return Attempt::Retry(RelayError::NoBackend {
+                model: model.to_string(),
+                retry_after: self.config.shedding.retry_after,
+            });
+        };
         let backend_id = backend_config.id.clone();
         let upstream = match upstream_request(&backend_config.base_url, parts, body, conn) {
             Ok(request) => request,

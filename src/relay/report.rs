@@ -81,7 +81,7 @@ pub fn build(
     for model in &load.models {
         let serving: Vec<_> = views
             .iter()
-            .filter(|v| v.models.iter().any(|m| m == &model.model))
+            .filter(|v| !v.removed && v.models.iter().any(|m| m == &model.model))
             .collect();
         let waiting = serving
             .iter()

@@ -3,13 +3,17 @@
 //!
 //! Drain order: the proxy refuses new requests (503 + `Connection: close`), the fronts stop
 //! accepting and send GOAWAY (h2, h3), in-flight streams finish, the fronts return; only then
-//! do the probes, the admin listener and the certificate watcher stop.
+//! do the probes, the admin listener, the certificate watcher and the SIGHUP listener stop.
+//!
+//! Configuration reloads (SIGHUP, `POST /admin/reload`, [`RelayHandle::reload`]) all run
+//! [`Reconfigure::reload`]; the SIGHUP listener is installed before `start` returns, so a
+//! supervisor may send SIGHUP as soon as the relay reports ready.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::HeaderValue;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     admin::{AdminState, serve_admin},
@@ -19,6 +23,7 @@ use super::{
     pool::Pool,
     probe,
     proxy::{Proxy, ProxyService},
+    reconfigure::{Reconfigure, ReloadError, Reloaded},
     service::RelayService,
     stats::RequestStats,
     tls::{self, CertStore, TlsError},
@@ -51,6 +56,7 @@ pub struct RelayHandle {
     pub certs: Arc<CertStore>,
     /// Fires when the admin API asks for a drain.
     pub drain_requested: watch::Receiver<bool>,
+    reconfigure: Arc<Reconfigure>,
     drain: watch::Sender<bool>,
     fronts_drain: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
@@ -145,6 +151,24 @@ impl RelayHandle {
         background.spawn(async move {
             let _ = watcher.await;
         });
+        let reconfigure = Arc::new(Reconfigure::new(
+            config.clone(),
+            pool.clone(),
+            metrics.clone(),
+        ));
+        // Created here, not in the task: from now on SIGHUP reloads instead of killing.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangup) => {
+                background.spawn(
+                    reconfigure
+                        .clone()
+                        .reload_on_hangup(hangup, shutdown_rx.clone()),
+                );
+            }
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGHUP; reload through the admin API only")
+            }
+        }
         let admin_state = Arc::new(AdminState {
             config: config.clone(),
             proxy: proxy.clone(),
@@ -152,6 +176,7 @@ impl RelayHandle {
             stats,
             drain: drain.clone(),
             report_sequence: Default::default(),
+            reconfigure: reconfigure.clone(),
         });
         background.spawn(serve_admin(admin_listener, admin_state, shutdown_rx));
 
@@ -164,12 +189,19 @@ impl RelayHandle {
             proxy,
             certs,
             drain_requested,
+            reconfigure,
             drain,
             fronts_drain,
             shutdown,
             fronts,
             background,
         })
+    }
+
+    /// Reads the configuration file again and applies its backend changes without dropping a
+    /// stream; an invalid file changes nothing. The same as SIGHUP and `POST /admin/reload`.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.reconfigure.reload().await
     }
 
     /// Drains (no new requests, in-flight ones finish, GOAWAY) and stops. In-flight requests

@@ -1,12 +1,13 @@
 //! The validated configuration model of the relay tier (`meridian relay`).
 //!
 //! Built only by [`super`]'s loader from TOML after every check passed; code that receives a
-//! [`RelayConfig`] never re-validates. Backends are referred to by [`BackendIdx`], their
-//! position in [`RelayConfig::backends`].
+//! [`RelayConfig`] never re-validates. At run time backends are referred to by [`BackendIdx`],
+//! their stable index in the relay's pool (which follows config reloads), not by position in
+//! [`RelayConfig::backends`].
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-/// Position of a backend in [`RelayConfig::backends`].
+/// A backend's stable index in the relay's pool; kept for as long as the backend exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendIdx(pub u16);
 

@@ -3,7 +3,8 @@
 //!
 //! [`Pool`] owns that state and the decisions on it — power-of-two-choices selection on a load
 //! score, active-probe hysteresis, passive outlier ejection, the region's saturation and
-//! headroom (design §4–§5). It does no IO and reads no clock: the proxy and [`super::probe`]
+//! headroom (design §4–§5) — and the backend set itself, which [`Pool::reconcile`] changes
+//! while the relay serves. It does no IO and reads no clock: the proxy and [`super::probe`]
 //! report what they saw, with `now`, and read decisions back. It must not learn about HTTP,
 //! sockets or metric formats ([`super::signals`] turns those into numbers first).
 //!
@@ -13,18 +14,31 @@
 //! few times a second per backend, so the two sides must not wait on each other:
 //!
 //! - in-flight counts are per-backend atomics, touched without any lock;
-//! - everything else a backend has (signals, probe and ejection state) sits behind its own
-//!   `std::sync::Mutex`, held only to copy or overwrite a few plain fields — parsing and IO
+//! - everything else a backend has learnt (signals, probe and ejection state) sits behind its
+//!   own `std::sync::Mutex`, held only to copy or overwrite a few plain fields — parsing and IO
 //!   happen before the lock is taken, so no holder ever waits inside it;
-//! - the model → backends routing table changes only on model discovery; it is rebuilt whole
-//!   and published through an `ArcSwap`, so `pick` sees either the old or the new table, never
-//!   half of one.
+//! - what changes only on reconfiguration or model discovery — which backends exist, their
+//!   config, which are removed, the model → backends routing table — is one immutable
+//!   [`Roster`], rebuilt whole and published through an `ArcSwap`: `pick` sees either the old
+//!   or the new roster, never a routing table that names a backend the member list lacks.
 //!
 //! Why not one `ArcSwap` of the whole per-backend state: its writers (probe results, passive
 //! failures from many concurrent requests) read-modify-write counters, which a swap would turn
 //! into compare-and-swap retry loops that clone the state each time; a short uncontended mutex
 //! per backend is cheaper and keeps each update obviously atomic. Different backends never
 //! share a lock.
+//!
+//! # Changing the backend set
+//!
+//! [`Pool::reconcile`] matches a new backend list against the live members by `id`. A
+//! [`BackendIdx`] names one member for as long as it exists: requests, probes and metrics hold
+//! indices across a reconfiguration, so an index is never shifted or handed to another backend
+//! while anything may still use it. A removed member (or the old half of a changed one) becomes
+//! a *tombstone*: never picked, not counted in the region's load or model list, but still
+//! found by its index, so the streams it carries finish and their [`InFlight`] guards and
+//! late failures land on it harmlessly. Tombstones stay in [`Pool::views`] (`removed: true`)
+//! until their last request ends. Their index is only taken again once all 65 536 are used,
+//! and then only one whose in-flight count is zero.
 //!
 //! # Load score
 //!
@@ -41,18 +55,19 @@ mod health;
 pub(crate) mod tests;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::relay::{
-    config::model::{BackendIdx, BackendKind, HealthChecks, ModelSource, RelayConfig},
+    config::model::{Backend, BackendIdx, BackendKind, HealthChecks, ModelSource, RelayConfig},
     signals::{BackendSignals, publishes_signals},
 };
 
@@ -71,26 +86,48 @@ pub const STALE_AFTER_SCRAPES: u32 = 3;
 /// Weight of the newest sample in the time-to-first-byte average: about the last ten requests.
 const TTFT_EWMA_WEIGHT: f64 = 0.2;
 
+/// Indices a pool can hand out (`BackendIdx` is a `u16`).
+const MAX_MEMBERS: usize = 1 << 16;
+
 pub struct Pool {
-    backends: Vec<Member>,
-    routes: ArcSwap<Routes>,
-    /// Writer side of `routes`: models found by discovery, per backend. Held while a new
-    /// table is built, so two discoveries cannot publish tables that each miss the other.
-    discovered: Mutex<Vec<Vec<String>>>,
+    roster: ArcSwap<Roster>,
+    /// Held by whoever builds the next roster (reconcile, discovery), so two writers cannot
+    /// publish rosters that each miss the other's change.
+    writer: Mutex<()>,
+    /// Bumped after every reconcile that changed anything: the prober follows it.
+    changes: watch::Sender<u64>,
+    /// Tells apart members that had the same index; never reused.
+    next_incarnation: AtomicU64,
+    /// Indices this pool hands out: [`MAX_MEMBERS`], lower only in tests of index reuse.
+    index_limit: usize,
     health: HealthChecks,
     stale_after: Duration,
 }
 
-/// One backend: what the config fixed, plus its live state.
+/// Everything that changes only when the backend set or a model list does, published whole.
+struct Roster {
+    /// Indexed by [`BackendIdx`]; tombstones included.
+    slots: Vec<Slot>,
+    /// Which live backends serve each model.
+    by_model: BTreeMap<String, Vec<BackendIdx>>,
+}
+
+#[derive(Clone)]
+struct Slot {
+    /// What the config file says about it; swapped only when just its `drained` changed.
+    config: Arc<Backend>,
+    member: Arc<Member>,
+    removed: bool,
+}
+
+/// One backend's live state.
 struct Member {
-    id: Arc<str>,
-    kind: BackendKind,
-    slots: u32,
-    capacity: u32,
-    /// `None` when the models come from discovery.
-    declared: Option<Vec<String>>,
+    incarnation: u64,
+    /// The operator's current say: from the file, or from the admin API since.
     drained: AtomicBool,
     in_flight: Arc<AtomicU32>,
+    /// Models found by discovery; written only under `Pool::writer`.
+    discovered: Mutex<Vec<String>>,
     state: Mutex<MemberState>,
 }
 
@@ -101,12 +138,6 @@ struct MemberState {
     deep: ProbeHealth,
     outlier: Outlier,
     ttft_ewma: Option<f64>,
-}
-
-/// Which backends serve each model.
-#[derive(Debug, Default)]
-struct Routes {
-    by_model: BTreeMap<String, Vec<BackendIdx>>,
 }
 
 /// The relay's own count of requests at a backend, held for as long as a request is.
@@ -131,6 +162,39 @@ pub struct HealthFlip {
     pub to: Health,
 }
 
+/// What [`Pool::reconcile`] did, by backend id, each list in the order of the new config (the
+/// removed ones in index order).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileSummary {
+    pub added: Vec<Arc<str>>,
+    pub removed: Vec<Arc<str>>,
+    /// Replaced: the old member finishes its streams as a tombstone, a fresh one takes over.
+    pub changed: Vec<Arc<str>>,
+    /// Only `drained` changed in the file; the member keeps its state.
+    pub drain_changed: Vec<Arc<str>>,
+    /// Not added: every index is held by a live member or a tombstone still streaming.
+    pub no_room: Vec<Arc<str>>,
+}
+
+impl ReconcileSummary {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && self.drain_changed.is_empty()
+            && self.no_room.is_empty()
+    }
+}
+
+/// A backend the prober must follow. `incarnation` tells a member from an earlier one that had
+/// the same index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveBackend {
+    pub idx: BackendIdx,
+    pub incarnation: u64,
+    pub backend: Arc<Backend>,
+}
+
 /// One backend, for metrics and the region report.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendView {
@@ -145,6 +209,8 @@ pub struct BackendView {
     /// Whether `pick` may choose it now.
     pub available: bool,
     pub drained: bool,
+    /// No longer configured: shown only while requests it carries are still running.
+    pub removed: bool,
     /// Time left of a passive ejection.
     pub ejected_for: Option<Duration>,
     /// Time left of an overload pause (`Retry-After`).
@@ -157,7 +223,6 @@ pub struct BackendView {
     pub consecutive_failures: u32,
     pub ttft_ewma: Option<Duration>,
 }
-
 /// The region's load, for shedding and for the report to the DNS tier.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RegionLoad {
@@ -199,32 +264,158 @@ struct Reading {
 
 impl Pool {
     pub fn new(config: &RelayConfig) -> Pool {
-        let backends: Vec<Member> = config
-            .backends
-            .iter()
-            .map(|backend| Member {
-                id: backend.id.clone(),
-                kind: backend.kind,
-                slots: backend.slots,
-                capacity: backend.capacity,
-                declared: match &backend.models {
-                    ModelSource::Declared(models) => Some(models.clone()),
-                    ModelSource::Discover => None,
-                },
-                drained: AtomicBool::new(backend.drained),
-                in_flight: Arc::new(AtomicU32::new(0)),
-                state: Mutex::new(MemberState::default()),
-            })
-            .collect();
-        let discovered = vec![Vec::new(); backends.len()];
-        let routes = Routes::build(&backends, &discovered);
-        Pool {
-            backends,
-            routes: ArcSwap::from_pointee(routes),
-            discovered: Mutex::new(discovered),
+        Pool::with_index_limit(config, MAX_MEMBERS)
+    }
+
+    fn with_index_limit(config: &RelayConfig, index_limit: usize) -> Pool {
+        let pool = Pool {
+            roster: ArcSwap::from_pointee(Roster {
+                slots: Vec::new(),
+                by_model: BTreeMap::new(),
+            }),
+            writer: Mutex::new(()),
+            changes: watch::Sender::new(0),
+            next_incarnation: AtomicU64::new(0),
+            index_limit: index_limit.min(MAX_MEMBERS),
             health: config.health,
             stale_after: config.scrape_interval.saturating_mul(STALE_AFTER_SCRAPES),
+        };
+        // The start-up set goes through the same path as every later change.
+        let _ = pool.reconcile(&config.backends);
+        pool
+    }
+
+    /// Makes the live backends those of `backends`, matched by `id` (a validated config has
+    /// unique ids; a repeated one is ignored):
+    ///
+    /// - same config: kept with all its state;
+    /// - only `drained` changed in the file: the member flips to the file's value and keeps its
+    ///   state (a drain set through the admin API stays until the file's value changes);
+    /// - anything else changed (URL, kind, models, slots, capacity): the old member becomes a
+    ///   tombstone that finishes its streams, and a fresh one (health unknown, so usable at
+    ///   once) takes the id;
+    /// - new ids are added the same way; ids no longer there become tombstones.
+    ///
+    /// The member list and routing table of the result are published in one swap.
+    pub fn reconcile(&self, backends: &[Backend]) -> ReconcileSummary {
+        let _writer = lock(&self.writer);
+        let current = self.roster.load_full();
+        let mut slots = current.slots.clone();
+        let mut summary = ReconcileSummary::default();
+        let live: HashMap<&str, usize> = current
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| !slot.removed)
+            .map(|(i, slot)| (&*slot.config.id, i))
+            .collect();
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut retired: Vec<usize> = Vec::new();
+        let mut reused: HashSet<usize> = HashSet::new();
+        let mut drain_flips: Vec<(Arc<Member>, bool)> = Vec::new();
+        for backend in backends {
+            if !seen.insert(&backend.id) {
+                continue;
+            }
+            let existing = live.get(&*backend.id).copied();
+            if let Some(i) = existing
+                && let Some(slot) = slots.get_mut(i)
+                && same_except_drained(&slot.config, backend)
+            {
+                if slot.config.drained != backend.drained {
+                    drain_flips.push((slot.member.clone(), backend.drained));
+                    summary.drain_changed.push(backend.id.clone());
+                    slot.config = Arc::new(backend.clone());
+                }
+                continue;
+            }
+            let Some(free) = free_index(&current, slots.len(), self.index_limit, &reused) else {
+                // With no index to give, a changed backend keeps running as it was.
+                summary.no_room.push(backend.id.clone());
+                continue;
+            };
+            let slot = Slot {
+                config: Arc::new(backend.clone()),
+                member: Arc::new(Member::new(
+                    self.next_incarnation.fetch_add(1, Ordering::Relaxed),
+                    backend.drained,
+                )),
+                removed: false,
+            };
+            if free == slots.len() {
+                slots.push(slot);
+            } else if let Some(tombstone) = slots.get_mut(free) {
+                reused.insert(free);
+                *tombstone = slot;
+            }
+            match existing {
+                Some(old) => {
+                    retired.push(old);
+                    summary.changed.push(backend.id.clone());
+                }
+                None => summary.added.push(backend.id.clone()),
+            }
         }
+        for (i, slot) in current.slots.iter().enumerate() {
+            if !slot.removed && !seen.contains(&*slot.config.id) {
+                retired.push(i);
+                summary.removed.push(slot.config.id.clone());
+            }
+        }
+        if summary.added.is_empty()
+            && summary.changed.is_empty()
+            && summary.removed.is_empty()
+            && summary.drain_changed.is_empty()
+        {
+            return summary;
+        }
+        for i in retired {
+            if let Some(slot) = slots.get_mut(i) {
+                slot.removed = true;
+            }
+        }
+        let by_model = routes(&slots);
+        self.roster.store(Arc::new(Roster { slots, by_model }));
+        for (member, drained) in drain_flips {
+            member.drained.store(drained, Ordering::Relaxed);
+        }
+        self.changes.send_modify(|generation| *generation += 1);
+        summary
+    }
+
+    /// Ticks after every reconcile that changed something: whoever follows the live set (the
+    /// prober) reads [`Pool::live`] again.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The live members, in index order.
+    pub fn live(&self) -> Vec<LiveBackend> {
+        indexed(&self.roster.load().slots)
+            .filter(|(_, slot)| !slot.removed)
+            .map(|(idx, slot)| LiveBackend {
+                idx,
+                incarnation: slot.member.incarnation,
+                backend: slot.config.clone(),
+            })
+            .collect()
+    }
+
+    /// The live backend called `id`.
+    pub fn find(&self, id: &str) -> Option<BackendIdx> {
+        indexed(&self.roster.load().slots)
+            .find(|(_, slot)| !slot.removed && &*slot.config.id == id)
+            .map(|(idx, _)| idx)
+    }
+
+    /// The config of backend `b`, tombstones included (a stream still running on a removed
+    /// backend needs its id and URL).
+    pub fn backend(&self, b: BackendIdx) -> Option<Arc<Backend>> {
+        self.roster
+            .load()
+            .slots
+            .get(b.get())
+            .map(|slot| slot.config.clone())
     }
 
     /// Power of two choices among the available backends serving `model`, minus `exclude`
@@ -237,14 +428,14 @@ impl Pool {
         seed: u64,
         now: Instant,
     ) -> Option<BackendIdx> {
-        let routes = self.routes.load();
-        let candidates: Vec<(BackendIdx, Reading)> = routes
+        let roster = self.roster.load();
+        let candidates: Vec<(BackendIdx, Reading)> = roster
             .by_model
             .get(model)?
             .iter()
             .filter(|b| !exclude.contains(b))
             .filter_map(|&b| {
-                let reading = self.read(b, now)?;
+                let reading = self.reading(roster.slots.get(b.get())?, now);
                 reading.available.then_some((b, reading))
             })
             .collect();
@@ -261,51 +452,42 @@ impl Pool {
         Some(if b_wins { b } else { a })
     }
 
-    /// Whether any backend serves `model`, whatever its health: tells "unknown model" (404)
-    /// from "no capacity" (503) apart.
+    /// Whether any live backend serves `model`, whatever its health: tells "unknown model"
+    /// (404) from "no capacity" (503) apart.
     pub fn serves(&self, model: &str) -> bool {
-        self.routes.load().by_model.contains_key(model)
+        self.roster.load().by_model.contains_key(model)
     }
 
-    /// Every model any backend serves, sorted.
+    /// Every model a live backend serves, sorted.
     pub fn models(&self) -> Vec<String> {
-        self.routes.load().by_model.keys().cloned().collect()
+        self.roster.load().by_model.keys().cloned().collect()
     }
 
     /// The models one backend serves: declared ones in config order, discovered ones sorted.
     pub fn models_of(&self, b: BackendIdx) -> Vec<String> {
-        let Some(member) = self.member(b) else {
-            return Vec::new();
-        };
-        match &member.declared {
-            Some(models) => models.clone(),
-            None => lock(&self.discovered)
-                .get(b.get())
-                .cloned()
-                .unwrap_or_default(),
-        }
+        self.with_slot(b, models_of).unwrap_or_default()
     }
 
     /// Counts a request against `b` until the guard drops.
     pub fn begin(&self, b: BackendIdx) -> InFlight {
-        let counter = match self.member(b) {
-            Some(member) => member.in_flight.clone(),
-            // Indices come from this pool's own config; a stray one must not panic the
-            // request path, so it counts against nothing.
-            None => Arc::new(AtomicU32::new(0)),
-        };
+        let counter = self
+            .with_slot(b, |slot| slot.member.in_flight.clone())
+            // Indices come from this pool; a stray one must not panic the request path, so it
+            // counts against nothing.
+            .unwrap_or_else(|| Arc::new(AtomicU32::new(0)));
         counter.fetch_add(1, Ordering::Relaxed);
         InFlight { counter }
     }
 
     pub fn record_success(&self, b: BackendIdx, first_byte: Duration, now: Instant) {
-        let Some(member) = self.member(b) else { return };
-        let mut state = lock(&member.state);
-        state.outlier.record_success(now);
-        let sample = first_byte.as_secs_f64();
-        state.ttft_ewma = Some(match state.ttft_ewma {
-            Some(avg) => avg + TTFT_EWMA_WEIGHT * (sample - avg),
-            None => sample,
+        self.with_slot(b, |slot| {
+            let mut state = lock(&slot.member.state);
+            state.outlier.record_success(now);
+            let sample = first_byte.as_secs_f64();
+            state.ttft_ewma = Some(match state.ttft_ewma {
+                Some(avg) => avg + TTFT_EWMA_WEIGHT * (sample - avg),
+                None => sample,
+            });
         });
     }
 
@@ -319,45 +501,51 @@ impl Pool {
         failure: Failure,
         now: Instant,
     ) -> Option<Duration> {
-        let member = self.member(b)?;
-        lock(&member.state)
-            .outlier
-            .record_failure(failure, now, &self.health)
+        self.with_slot(b, |slot| {
+            lock(&slot.member.state)
+                .outlier
+                .record_failure(failure, now, &self.health)
+        })?
     }
 
     pub fn set_drained(&self, b: BackendIdx, drained: bool) {
-        if let Some(member) = self.member(b) {
-            member.drained.store(drained, Ordering::Relaxed);
-        }
+        self.with_slot(b, |slot| {
+            slot.member.drained.store(drained, Ordering::Relaxed)
+        });
     }
 
     pub fn update_signals(&self, b: BackendIdx, signals: BackendSignals, now: Instant) {
-        if let Some(member) = self.member(b) {
-            lock(&member.state).signals = Some((signals, now));
-        }
+        self.with_slot(b, |slot| {
+            lock(&slot.member.state).signals = Some((signals, now));
+        });
     }
 
     /// Models found by discovery (`GET /v1/models`). Ignored for backends whose models the
-    /// config declares: the operator's list wins. Returns whether the list changed.
+    /// config declares (the operator's list wins) and for removed ones. Returns whether the
+    /// list changed.
     pub fn update_models(&self, b: BackendIdx, mut models: Vec<String>) -> bool {
-        let Some(member) = self.member(b) else {
-            return false;
-        };
-        if member.declared.is_some() {
-            return false;
-        }
         models.sort();
         models.dedup();
-        let mut discovered = lock(&self.discovered);
-        let Some(slot) = discovered.get_mut(b.get()) else {
+        let _writer = lock(&self.writer);
+        // Read under the writer lock: a reconcile cannot slip in between this roster and the
+        // one built from it.
+        let current = self.roster.load_full();
+        let Some(slot) = current.slots.get(b.get()) else {
             return false;
         };
-        if *slot == models {
+        if slot.removed || slot.config.models != ModelSource::Discover {
             return false;
         }
-        *slot = models;
-        self.routes
-            .store(Arc::new(Routes::build(&self.backends, &discovered)));
+        {
+            let mut discovered = lock(&slot.member.discovered);
+            if *discovered == models {
+                return false;
+            }
+            *discovered = models;
+        }
+        let slots = current.slots.clone();
+        let by_model = routes(&slots);
+        self.roster.store(Arc::new(Roster { slots, by_model }));
         true
     }
 
@@ -371,56 +559,63 @@ impl Pool {
         ok: bool,
         _now: Instant,
     ) -> Option<HealthFlip> {
-        let member = self.member(b)?;
-        let mut state = lock(&member.state);
-        let from = combined(state.liveness.state, state.deep.state);
-        match probe {
-            ProbeKind::Liveness => state.liveness.record(ok, &self.health),
-            ProbeKind::Deep => state.deep.record(ok, &self.health),
-        };
-        let to = combined(state.liveness.state, state.deep.state);
-        (from != to).then_some(HealthFlip { probe, from, to })
+        self.with_slot(b, |slot| {
+            let mut state = lock(&slot.member.state);
+            let from = combined(state.liveness.state, state.deep.state);
+            match probe {
+                ProbeKind::Liveness => state.liveness.record(ok, &self.health),
+                ProbeKind::Deep => state.deep.record(ok, &self.health),
+            };
+            let to = combined(state.liveness.state, state.deep.state);
+            (from != to).then_some(HealthFlip { probe, from, to })
+        })?
     }
 
     /// What one probe kind currently says (the prober probes a down backend more often).
     pub fn probe_health(&self, b: BackendIdx, probe: ProbeKind) -> Health {
-        self.member(b).map_or(Health::Unknown, |member| {
-            let state = lock(&member.state);
+        self.with_slot(b, |slot| {
+            let state = lock(&slot.member.state);
             match probe {
                 ProbeKind::Liveness => state.liveness.state,
                 ProbeKind::Deep => state.deep.state,
             }
         })
+        .unwrap_or(Health::Unknown)
     }
 
     /// The load score (see the module doc); `f64::INFINITY` for an unknown index.
     pub fn load_score(&self, b: BackendIdx, now: Instant) -> f64 {
-        self.read(b, now).map_or(f64::INFINITY, |r| r.score)
+        self.with_slot(b, |slot| self.reading(slot, now).score)
+            .unwrap_or(f64::INFINITY)
     }
 
+    /// Every live backend, and the tombstones still carrying requests, in index order.
     pub fn views(&self, now: Instant) -> Vec<BackendView> {
-        self.backends
-            .iter()
-            .zip(0u16..)
-            .map(|(member, i)| {
-                let idx = BackendIdx(i);
+        let roster = self.roster.load();
+        indexed(&roster.slots)
+            .filter_map(|(idx, slot)| {
+                let member = &slot.member;
                 let state = *lock(&member.state);
-                let reading = member.reading(&state, now, self.stale_after);
+                let reading = self.reading_of(slot, &state, now);
+                if slot.removed && reading.in_flight == 0 {
+                    return None;
+                }
                 let left = |until: Option<Instant>| {
                     until
                         .map(|t| t.saturating_duration_since(now))
                         .filter(|d| !d.is_zero())
                 };
-                BackendView {
+                Some(BackendView {
                     idx,
-                    id: member.id.clone(),
-                    kind: member.kind,
-                    models: self.models_of(idx),
+                    id: slot.config.id.clone(),
+                    kind: slot.config.kind,
+                    models: models_of(slot),
                     health: reading.health,
                     liveness: state.liveness.state,
                     deep: state.deep.state,
                     available: reading.available,
                     drained: member.drained.load(Ordering::Relaxed),
+                    removed: slot.removed,
                     ejected_for: left(state.outlier.ejected_until),
                     paused_for: left(state.outlier.paused_until),
                     in_flight: reading.in_flight,
@@ -433,35 +628,35 @@ impl Pool {
                     ttft_ewma: state
                         .ttft_ewma
                         .and_then(|secs| Duration::try_from_secs_f64(secs).ok()),
-                }
+                })
             })
             .collect()
     }
 
-    /// Saturation and headroom (design §4): per backend `h = healthy · fresh · clamp(1 − s)`,
-    /// summed weighted by capacity, for the region and for each model.
+    /// Saturation and headroom (design §4): per live backend `h = healthy · fresh ·
+    /// clamp(1 − s)`, summed weighted by capacity, for the region and for each model.
     pub fn region_load(&self, now: Instant) -> RegionLoad {
-        let readings: Vec<Option<Reading>> = (0u16..)
-            .take(self.backends.len())
-            .map(|i| self.read(BackendIdx(i), now))
+        let roster = self.roster.load();
+        let readings: Vec<Option<(u32, Reading)>> = roster
+            .slots
+            .iter()
+            .map(|slot| (!slot.removed).then(|| (slot.config.capacity, self.reading(slot, now))))
             .collect();
-        let tally = |backends: &mut dyn Iterator<Item = BackendIdx>| {
+        let tally = |backends: &mut dyn Iterator<Item = usize>| {
             let mut tally = Tally::default();
             for b in backends {
-                if let (Some(member), Some(Some(reading))) = (self.member(b), readings.get(b.get()))
-                {
-                    tally.add(member.capacity, reading);
+                if let Some(Some((capacity, reading))) = readings.get(b) {
+                    tally.add(*capacity, reading);
                 }
             }
             tally
         };
-        let region = tally(&mut (0u16..).take(self.backends.len()).map(BackendIdx));
-        let routes = self.routes.load();
-        let models = routes
+        let region = tally(&mut (0..readings.len()));
+        let models = roster
             .by_model
             .iter()
             .map(|(model, backends)| {
-                let t = tally(&mut backends.iter().copied());
+                let t = tally(&mut backends.iter().map(|b| b.get()));
                 ModelLoad {
                     model: model.clone(),
                     healthy_backends: t.healthy,
@@ -482,37 +677,119 @@ impl Pool {
         }
     }
 
-    fn member(&self, b: BackendIdx) -> Option<&Member> {
-        self.backends.get(b.get())
+    fn with_slot<R>(&self, b: BackendIdx, f: impl FnOnce(&Slot) -> R) -> Option<R> {
+        self.roster.load().slots.get(b.get()).map(f)
     }
 
-    fn read(&self, b: BackendIdx, now: Instant) -> Option<Reading> {
-        let member = self.member(b)?;
-        let state = *lock(&member.state);
-        Some(member.reading(&state, now, self.stale_after))
+    fn reading(&self, slot: &Slot, now: Instant) -> Reading {
+        let state = *lock(&slot.member.state);
+        self.reading_of(slot, &state, now)
     }
-}
 
-impl Member {
-    fn reading(&self, state: &MemberState, now: Instant, stale_after: Duration) -> Reading {
+    fn reading_of(&self, slot: &Slot, state: &MemberState, now: Instant) -> Reading {
         let health = combined(state.liveness.state, state.deep.state);
-        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let in_flight = slot.member.in_flight.load(Ordering::Relaxed);
         let fresh_signals = state
             .signals
-            .filter(|(_, at)| now.saturating_duration_since(*at) <= stale_after)
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= self.stale_after)
             .map(|(signals, _)| signals);
         Reading {
             health,
-            available: !self.drained.load(Ordering::Relaxed)
+            available: !slot.removed
+                && !slot.member.drained.load(Ordering::Relaxed)
                 && health != Health::Down
                 && !state.outlier.is_out(now),
             in_flight,
-            score: load_score(self.slots, in_flight, fresh_signals.as_ref()),
-            fresh: fresh_signals.is_some() || !publishes_signals(self.kind),
+            score: load_score(slot.config.slots, in_flight, fresh_signals.as_ref()),
+            fresh: fresh_signals.is_some() || !publishes_signals(slot.config.kind),
         }
     }
 }
 
+impl Member {
+    fn new(incarnation: u64, drained: bool) -> Member {
+        Member {
+            incarnation,
+            drained: AtomicBool::new(drained),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            discovered: Mutex::new(Vec::new()),
+            state: Mutex::new(MemberState::default()),
+        }
+    }
+}
+
+/// Whether `new` is `old` with at most `drained` changed: the member can keep its state.
+fn same_except_drained(old: &Backend, new: &Backend) -> bool {
+    // Destructured so that a new `Backend` field must be sorted into one side or the other.
+    let Backend {
+        id,
+        base_url,
+        kind,
+        models,
+        slots,
+        capacity,
+        drained: _,
+    } = new;
+    old.id == *id
+        && old.base_url == *base_url
+        && old.kind == *kind
+        && old.models == *models
+        && old.slots == *slots
+        && old.capacity == *capacity
+}
+
+/// The index a new member gets: the next unused one, or once all are used, a tombstone of the
+/// current roster whose last request has ended (never one this reconcile already took).
+fn free_index(
+    current: &Roster,
+    len: usize,
+    limit: usize,
+    reused: &HashSet<usize>,
+) -> Option<usize> {
+    if len < limit {
+        return Some(len);
+    }
+    indexed(&current.slots)
+        .find(|(b, slot)| {
+            slot.removed
+                && slot.member.in_flight.load(Ordering::Relaxed) == 0
+                && !reused.contains(&b.get())
+        })
+        .map(|(b, _)| b.get())
+}
+
+/// Slots with their indices. (`enumerate` rather than a `0u16..` zip: a range at its last value
+/// would overflow computing the next one.)
+fn indexed(slots: &[Slot]) -> impl Iterator<Item = (BackendIdx, &Slot)> {
+    slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, slot)| Some((BackendIdx(u16::try_from(i).ok()?), slot)))
+}
+
+fn models_of(slot: &Slot) -> Vec<String> {
+    match &slot.config.models {
+        ModelSource::Declared(models) => models.clone(),
+        ModelSource::Discover => lock(&slot.member.discovered).clone(),
+    }
+}
+
+/// Which live backends serve each model.
+fn routes(slots: &[Slot]) -> BTreeMap<String, Vec<BackendIdx>> {
+    let mut by_model: BTreeMap<String, Vec<BackendIdx>> = BTreeMap::new();
+    for (idx, slot) in indexed(slots) {
+        if slot.removed {
+            continue;
+        }
+        for model in models_of(slot) {
+            let serving = by_model.entry(model).or_default();
+            if !serving.contains(&idx) {
+                serving.push(idx);
+            }
+        }
+    }
+    by_model
+}
 /// The score of the module doc, from numbers already judged fresh.
 fn load_score(slots: u32, in_flight: u32, signals: Option<&BackendSignals>) -> f64 {
     let slots = f64::from(slots.max(1));
@@ -575,27 +852,6 @@ impl Tally {
             return 0.0;
         }
         self.headroom / self.capacity as f64
-    }
-}
-
-impl Routes {
-    fn build(backends: &[Member], discovered: &[Vec<String>]) -> Routes {
-        let mut by_model: BTreeMap<String, Vec<BackendIdx>> = BTreeMap::new();
-        for (i, member) in (0u16..).zip(backends) {
-            let models = match &member.declared {
-                Some(models) => models.as_slice(),
-                None => discovered
-                    .get(usize::from(i))
-                    .map_or(&[][..], Vec::as_slice),
-            };
-            for model in models {
-                let serving = by_model.entry(model.clone()).or_default();
-                if !serving.contains(&BackendIdx(i)) {
-                    serving.push(BackendIdx(i));
-                }
-            }
-        }
-        Routes { by_model }
     }
 }
 

@@ -1,6 +1,8 @@
 use std::{
+    collections::HashSet,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -811,5 +813,503 @@ proptest! {
             prop_assert_eq!(load.headroom_units, 0.0);
             prop_assert_eq!(load.saturation, 1.0);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconfiguration
+// ---------------------------------------------------------------------------------------------
+
+fn ids(ids: &[&str]) -> Vec<Arc<str>> {
+    ids.iter().map(|&id| Arc::from(id)).collect()
+}
+
+fn at(url: &'static str, backend: Backend) -> Backend {
+    Backend {
+        base_url: http::Uri::from_static(url),
+        ..backend
+    }
+}
+
+fn drained(backend: Backend) -> Backend {
+    Backend {
+        drained: true,
+        ..backend
+    }
+}
+
+/// `(id, removed)` of every view, in index order.
+fn shown(pool: &Pool, now: Instant) -> Vec<(String, bool)> {
+    pool.views(now)
+        .into_iter()
+        .map(|v| (v.id.to_string(), v.removed))
+        .collect()
+}
+
+fn live_ids(pool: &Pool) -> Vec<String> {
+    pool.live()
+        .into_iter()
+        .map(|l| l.backend.id.to_string())
+        .collect()
+}
+
+#[test]
+fn reconcile_matches_by_id() {
+    let v = |id: &str| backend(id, BackendKind::Vllm, &[M], 4);
+    struct Case {
+        name: &'static str,
+        before: Vec<Backend>,
+        after: Vec<Backend>,
+        summary: ReconcileSummary,
+        live: &'static [&'static str],
+        models: &'static [&'static str],
+    }
+    let cases = [
+        Case {
+            name: "same list",
+            before: vec![v("a"), v("b")],
+            after: vec![v("a"), v("b")],
+            summary: ReconcileSummary::default(),
+            live: &["a", "b"],
+            models: &[M],
+        },
+        Case {
+            name: "order alone is no change",
+            before: vec![v("a"), v("b")],
+            after: vec![v("b"), v("a")],
+            summary: ReconcileSummary::default(),
+            live: &["a", "b"],
+            models: &[M],
+        },
+        Case {
+            name: "added",
+            before: vec![v("a")],
+            after: vec![v("a"), backend("n", BackendKind::Sglang, &["new"], 2)],
+            summary: ReconcileSummary {
+                added: ids(&["n"]),
+                ..ReconcileSummary::default()
+            },
+            live: &["a", "n"],
+            models: &[M, "new"],
+        },
+        Case {
+            name: "removed",
+            before: vec![v("a"), backend("o", BackendKind::Vllm, &["old"], 4)],
+            after: vec![v("a")],
+            summary: ReconcileSummary {
+                removed: ids(&["o"]),
+                ..ReconcileSummary::default()
+            },
+            live: &["a"],
+            models: &[M],
+        },
+        Case {
+            name: "only drained changed",
+            before: vec![v("a"), v("b")],
+            after: vec![drained(v("a")), v("b")],
+            summary: ReconcileSummary {
+                drain_changed: ids(&["a"]),
+                ..ReconcileSummary::default()
+            },
+            live: &["a", "b"],
+            models: &[M],
+        },
+        Case {
+            name: "URL changed",
+            before: vec![v("a"), v("b")],
+            after: vec![at("http://10.0.0.9:8000", v("a")), v("b")],
+            summary: ReconcileSummary {
+                changed: ids(&["a"]),
+                ..ReconcileSummary::default()
+            },
+            live: &["b", "a"],
+            models: &[M],
+        },
+        Case {
+            name: "slots, capacity, kind, models changed",
+            before: vec![v("s"), v("c"), v("k"), v("m")],
+            after: vec![
+                backend("s", BackendKind::Vllm, &[M], 8),
+                Backend {
+                    capacity: 99,
+                    ..v("c")
+                },
+                backend("k", BackendKind::Tgi, &[M], 4),
+                backend("m", BackendKind::Vllm, &[M, "extra"], 4),
+            ],
+            summary: ReconcileSummary {
+                changed: ids(&["s", "c", "k", "m"]),
+                ..ReconcileSummary::default()
+            },
+            live: &["s", "c", "k", "m"],
+            models: &["extra", M],
+        },
+        Case {
+            name: "a changed backend that is also drained is replaced, drained",
+            before: vec![v("a")],
+            after: vec![drained(Backend { slots: 9, ..v("a") })],
+            summary: ReconcileSummary {
+                changed: ids(&["a"]),
+                ..ReconcileSummary::default()
+            },
+            live: &["a"],
+            models: &[M],
+        },
+        Case {
+            name: "everything at once",
+            before: vec![v("keep"), v("gone"), v("flip"), v("moved")],
+            after: vec![
+                v("new"),
+                at("http://10.0.0.9:8000", v("moved")),
+                drained(v("flip")),
+                v("keep"),
+            ],
+            summary: ReconcileSummary {
+                added: ids(&["new"]),
+                removed: ids(&["gone"]),
+                changed: ids(&["moved"]),
+                drain_changed: ids(&["flip"]),
+                no_room: Vec::new(),
+            },
+            live: &["keep", "flip", "new", "moved"],
+            models: &[M],
+        },
+        Case {
+            name: "a repeated id counts once",
+            before: vec![v("a")],
+            after: vec![v("a"), at("http://10.0.0.9:8000", v("a"))],
+            summary: ReconcileSummary::default(),
+            live: &["a"],
+            models: &[M],
+        },
+        Case {
+            name: "nothing left",
+            before: vec![v("a")],
+            after: vec![],
+            summary: ReconcileSummary {
+                removed: ids(&["a"]),
+                ..ReconcileSummary::default()
+            },
+            live: &[],
+            models: &[],
+        },
+    ];
+    for case in cases {
+        let pool = Pool::new(&config(case.before.clone()));
+        let summary = pool.reconcile(&case.after);
+        assert_eq!(summary, case.summary, "{}", case.name);
+        assert_eq!(live_ids(&pool), case.live, "{}", case.name);
+        assert_eq!(pool.models(), case.models, "{}", case.name);
+        // Every live member carries the config it was given.
+        for backend in &case.after {
+            if let Some(idx) = pool.find(&backend.id) {
+                let config = pool.backend(idx).unwrap();
+                let first = case.after.iter().find(|b| b.id == backend.id).unwrap();
+                assert_eq!(*config, *first, "{}: {}", case.name, backend.id);
+                let view = pool
+                    .views(Instant::now())
+                    .into_iter()
+                    .find(|v| v.idx == idx);
+                assert_eq!(view.unwrap().drained, first.drained, "{}", case.name);
+            }
+        }
+        // Applying the same list again changes nothing.
+        assert_eq!(
+            pool.reconcile(&case.after),
+            ReconcileSummary::default(),
+            "{}: again",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn an_unchanged_backend_keeps_its_state_and_a_changed_one_starts_fresh() {
+    let t0 = Instant::now();
+    let a = backend("a", BackendKind::Vllm, &[M], 10);
+    let c = backend("c", BackendKind::Vllm, &[M], 10);
+    let pool = Pool::new(&config(vec![a.clone(), c.clone()]));
+    for idx in [b(0), b(1)] {
+        pool.update_signals(idx, running(5.0), t0);
+        probe_n(&pool, idx, ProbeKind::Deep, false, 3, t0);
+    }
+    let before = pool.views(t0);
+    assert!(before.iter().all(|v| v.deep == Health::Down));
+
+    let summary = pool.reconcile(&[a.clone(), Backend { slots: 20, ..c }]);
+    assert_eq!(summary.changed, ids(&["c"]));
+    let after = pool.views(t0);
+    let view = |id: &str| after.iter().find(|v| &*v.id == id && !v.removed).unwrap();
+    assert_eq!(view("a").idx, b(0), "an unchanged backend keeps its index");
+    assert_eq!(view("a").deep, Health::Down);
+    assert_eq!(view("a").signals, Some(running(5.0)));
+    assert_eq!(view("c").idx, b(2), "a changed backend gets a new index");
+    assert_eq!(view("c").health, Health::Unknown);
+    assert_eq!(view("c").signals, None);
+    assert!(
+        view("c").available,
+        "a fresh member is usable before any probe"
+    );
+    assert_eq!(pool.pick(M, &[], 0, t0), Some(b(2)));
+    // The old `c` had no request left: it is gone from the views.
+    assert_eq!(after.len(), 2, "{after:?}");
+}
+
+#[test]
+fn a_drain_from_the_admin_api_survives_a_reload_until_the_file_changes_it() {
+    let t0 = Instant::now();
+    let a = backend("a", BackendKind::Vllm, &[M], 10);
+    let other = backend("x", BackendKind::Vllm, &["x"], 10);
+    let pool = Pool::new(&config(vec![a.clone()]));
+    pool.set_drained(b(0), true);
+    assert_eq!(
+        pool.reconcile(&[a.clone(), other.clone()]).added,
+        ids(&["x"])
+    );
+    assert!(
+        pool.views(t0)[0].drained,
+        "the file said nothing new about `a`"
+    );
+    assert_eq!(pool.pick(M, &[], 0, t0), None);
+    // The file drains it, then undrains it: the file's word wins.
+    let summary = pool.reconcile(&[drained(a.clone()), other.clone()]);
+    assert_eq!(summary.drain_changed, ids(&["a"]));
+    assert!(pool.views(t0)[0].drained);
+    let summary = pool.reconcile(&[a, other]);
+    assert_eq!(summary.drain_changed, ids(&["a"]));
+    assert!(!pool.views(t0)[0].drained);
+    assert_eq!(pool.pick(M, &[], 0, t0), Some(b(0)));
+}
+
+#[test]
+fn an_in_flight_request_on_a_removed_backend_finishes() {
+    let t0 = Instant::now();
+    let pool = Pool::new(&vllm(2));
+    let stream = pool.begin(b(0));
+    let summary = pool.reconcile(&[backend("b1", BackendKind::Vllm, &[M], 10)]);
+    assert_eq!(summary.removed, ids(&["b0"]));
+
+    // The tombstone: shown while it carries the request, never picked, not in the region.
+    assert_eq!(
+        shown(&pool, t0),
+        [("b0".to_string(), true), ("b1".to_string(), false)]
+    );
+    let tombstone = pool.views(t0).remove(0);
+    assert_eq!((tombstone.in_flight, tombstone.available), (1, false));
+    assert_picks_within(&pool, &[], &[1], t0);
+    assert_eq!(pool.find("b0"), None);
+    assert_eq!(pool.region_load(t0).capacity_units, 10);
+    assert_eq!(pool.region_load(t0).models[0].total_backends, 1);
+
+    // What the request path does with the index it holds still lands on the tombstone.
+    assert_eq!(pool.backend(b(0)).unwrap().id.as_ref(), "b0");
+    pool.record_success(b(0), Duration::from_millis(5), t0);
+    let _ = pool.record_failure(b(0), Failure::IdleTimeout, t0);
+    assert_eq!(pool.views(t0)[0].consecutive_failures, 1);
+    assert_picks_within(&pool, &[], &[1], t0);
+
+    drop(stream);
+    assert_eq!(shown(&pool, t0), [("b1".to_string(), false)]);
+    assert_eq!(pool.region_load(t0).capacity_units, 10);
+}
+
+#[test]
+fn a_removed_backend_is_never_picked_whatever_its_state() {
+    let t0 = Instant::now();
+    let pool = Pool::new(&vllm(3));
+    // Make the one to be removed the most attractive by far.
+    pool.update_signals(b(1), running(9.0), t0);
+    pool.update_signals(b(2), running(9.0), t0);
+    let keep = [
+        backend("b1", BackendKind::Vllm, &[M], 10),
+        backend("b2", BackendKind::Vllm, &[M], 10),
+    ];
+    pool.reconcile(&keep);
+    assert_picks_within(&pool, &[], &[1, 2], t0);
+    assert_eq!(pool.pick(M, &[b(1), b(2)], 0, t0), None);
+    // Removing the last backend of a model takes the model away.
+    pool.reconcile(&keep[..1]);
+    pool.reconcile(&[backend("b1", BackendKind::Vllm, &["other"], 10)]);
+    assert!(!pool.serves(M));
+    assert_eq!(pool.pick(M, &[], 0, t0), None);
+}
+
+#[test]
+fn blue_green_add_v2_drain_v1_remove_v1() {
+    let t0 = Instant::now();
+    let v1 = backend("v1", BackendKind::Vllm, &[M], 10);
+    let v2 = at(
+        "http://10.0.0.2:8000",
+        backend("v2", BackendKind::Vllm, &[M], 10),
+    );
+    let pool = Pool::new(&config(vec![v1.clone()]));
+    let mut changes = pool.changes();
+    changes.borrow_and_update();
+    let stream_on_v1 = pool.begin(b(0));
+
+    // 1. v2 joins, v1 drains: new work goes to v2 only, v1 keeps its stream.
+    let summary = pool.reconcile(&[drained(v1.clone()), v2.clone()]);
+    assert_eq!(summary.added, ids(&["v2"]));
+    assert_eq!(summary.drain_changed, ids(&["v1"]));
+    assert!(changes.has_changed().unwrap());
+    changes.borrow_and_update();
+    assert_picks_within(&pool, &[], &[1], t0);
+    assert_eq!(pool.models(), [M]);
+    assert_eq!(pool.views(t0)[0].in_flight, 1);
+
+    // 2. v1 goes while its stream still runs.
+    let summary = pool.reconcile(std::slice::from_ref(&v2));
+    assert_eq!(summary.removed, ids(&["v1"]));
+    assert!(changes.has_changed().unwrap());
+    changes.borrow_and_update();
+    assert_eq!(live_ids(&pool), ["v2"]);
+    assert_eq!(
+        shown(&pool, t0),
+        [("v1".to_string(), true), ("v2".to_string(), false)]
+    );
+    assert_picks_within(&pool, &[], &[1], t0);
+    assert_eq!(pool.models(), [M]);
+
+    // 3. The stream ends: only v2 is left anywhere.
+    drop(stream_on_v1);
+    assert_eq!(shown(&pool, t0), [("v2".to_string(), false)]);
+
+    // A reload that changes nothing does not wake the prober.
+    assert_eq!(pool.reconcile(&[v2]), ReconcileSummary::default());
+    assert!(!changes.has_changed().unwrap());
+}
+
+#[test]
+fn discovered_models_follow_their_member() {
+    let mut d = backend("d", BackendKind::Ollama, &[], 2);
+    d.models = ModelSource::Discover;
+    let pool = Pool::new(&config(vec![d.clone()]));
+    assert!(pool.update_models(b(0), vec!["qwen".into()]));
+    // Unchanged through a reload that touches another backend.
+    pool.reconcile(&[d.clone(), backend("v", BackendKind::Vllm, &[M], 4)]);
+    assert_eq!(pool.models(), [M, "qwen"]);
+    // Replaced: the new member has discovered nothing yet.
+    pool.reconcile(&[
+        Backend { slots: 3, ..d },
+        backend("v", BackendKind::Vllm, &[M], 4),
+    ]);
+    assert_eq!(pool.models(), [M]);
+    assert!(
+        !pool.update_models(b(0), vec!["late".into()]),
+        "a tombstone's late discovery is dropped"
+    );
+    assert!(!pool.serves("late"));
+    assert!(pool.update_models(b(2), vec!["qwen".into()]));
+    assert_eq!(pool.models(), [M, "qwen"]);
+}
+
+#[test]
+fn indices_are_reused_only_when_all_are_taken_and_only_from_finished_tombstones() {
+    let t0 = Instant::now();
+    let v = |id: &str| backend(id, BackendKind::Vllm, &[M], 4);
+    let pool = Pool::with_index_limit(&config(vec![v("a"), v("b")]), 3);
+    let on_a = pool.begin(b(0));
+    pool.reconcile(&[v("b"), v("c")]); // a → tombstone at 0 (streaming), c at 2
+    assert_eq!(pool.find("c"), Some(b(2)));
+    pool.reconcile(&[v("c")]); // b → tombstone at 1 (finished)
+
+    // Full: the finished tombstone's index is taken, the streaming one is not.
+    let summary = pool.reconcile(&[v("c"), v("d"), v("e")]);
+    assert_eq!(summary.added, ids(&["d"]));
+    assert_eq!(summary.no_room, ids(&["e"]));
+    assert_eq!(pool.find("d"), Some(b(1)));
+    assert_eq!(pool.backend(b(0)).unwrap().id.as_ref(), "a");
+    let incarnations: HashSet<u64> = pool.live().iter().map(|l| l.incarnation).collect();
+    assert_eq!(incarnations.len(), 2);
+
+    // A changed backend with no index left keeps running as it was.
+    let summary = pool.reconcile(&[Backend { slots: 8, ..v("c") }, v("d")]);
+    assert_eq!(summary.no_room, ids(&["c"]));
+    assert_eq!(pool.backend(b(2)).unwrap().slots, 4);
+    assert_picks_within(&pool, &[], &[1, 2], t0);
+
+    drop(on_a);
+    let summary = pool.reconcile(&[v("c"), v("d"), v("e")]);
+    assert_eq!(summary.added, ids(&["e"]));
+    assert_eq!(pool.find("e"), Some(b(0)));
+}
+
+/// One backend of a generated config: a few ids, each in a few shapes.
+fn generated_backend() -> impl Strategy<Value = Backend> {
+    (0u8..5, 0u8..3, any::<bool>(), 1u32..3).prop_map(|(id, model, drained, slots)| Backend {
+        drained,
+        ..backend(
+            &format!("g{id}"),
+            BackendKind::Vllm,
+            &[["m0", "m1", "m2"][usize::from(model)]],
+            slots,
+        )
+    })
+}
+
+proptest! {
+    #[test]
+    fn reconcile_always_ends_at_the_new_list(
+        configs in prop::collection::vec(prop::collection::vec(generated_backend(), 0..6), 1..6),
+        streams in prop::collection::vec(0u16..40, 0..6),
+        seed in any::<u64>(),
+    ) {
+        let t0 = Instant::now();
+        let pool = Pool::new(&config(Vec::new()));
+        let mut guards = Vec::new();
+        for backends in &configs {
+            // Some requests in flight somewhere, so tombstones linger.
+            for &s in &streams {
+                if pool.backend(BackendIdx(s)).is_some() {
+                    guards.push(pool.begin(BackendIdx(s)));
+                }
+            }
+            pool.reconcile(backends);
+            // The first of each id is what is live, with that config.
+            let mut expected: Vec<&Backend> = Vec::new();
+            for b in backends {
+                if !expected.iter().any(|e| e.id == b.id) {
+                    expected.push(b);
+                }
+            }
+            let live = pool.live();
+            prop_assert_eq!(live.len(), expected.len());
+            for e in &expected {
+                let idx = pool.find(&e.id);
+                prop_assert!(idx.is_some());
+                let config = pool.backend(idx.unwrap()).unwrap();
+                prop_assert_eq!(&*config, *e);
+            }
+            let mut models: Vec<String> = expected
+                .iter()
+                .flat_map(|e| match &e.models {
+                    ModelSource::Declared(m) => m.clone(),
+                    ModelSource::Discover => Vec::new(),
+                })
+                .collect();
+            models.sort();
+            models.dedup();
+            prop_assert_eq!(pool.models(), models.clone());
+            // Picks land on live, undrained members of the model only.
+            for model in &models {
+                if let Some(p) = pool.pick(model, &[], seed, t0) {
+                    let config = pool.backend(p).unwrap();
+                    prop_assert!(live.iter().any(|l| l.idx == p));
+                    prop_assert!(!config.drained);
+                    prop_assert!(matches!(&config.models, ModelSource::Declared(m) if m.contains(model)));
+                }
+            }
+            // Views: every live member, plus removed ones only while something runs there.
+            for view in pool.views(t0) {
+                prop_assert!(!view.removed || view.in_flight > 0);
+                prop_assert_eq!(view.removed, !live.iter().any(|l| l.idx == view.idx));
+            }
+            prop_assert_eq!(
+                pool.region_load(t0).capacity_units,
+                expected.iter().map(|e| u64::from(e.capacity)).sum::<u64>()
+            );
+        }
+        drop(guards);
+        prop_assert_eq!(pool.views(t0).len(), pool.live().len());
     }
 }
