@@ -42,13 +42,20 @@
 //!
 //! # Load score
 //!
-//! Per backend `s = max(demand / slots, kv / KV_FULL, slots_busy / slots_total)`, where `demand`
-//! is the larger of the relay's own in-flight count and the backend's `running + waiting`
-//! (the backend also serves other relays). This is design §4's `max(waiting/Q, kv/KV,
-//! inflight/slots)` with `Q = slots`: `(running + waiting) / slots` is never below
-//! `waiting / slots`, so the queue term is folded into the demand term. `s = 1` is a full batch;
-//! above 1 requests queue. Signals older than [`STALE_AFTER_SCRAPES`] scrape intervals are
-//! ignored and the score falls back to in-flight alone.
+//! Per backend `s = max(demand / slots, kv / KV_FULL, slots_busy / slots_total)`. This is
+//! design §4's `max(waiting/Q, kv/KV, inflight/slots)` with `Q = slots`: `(running + waiting)
+//! / slots` is never below `waiting / slots`, so the queue term is folded into the demand term.
+//! `s = 1` is a full batch; above 1 requests queue.
+//!
+//! `demand` is the relay's own in-flight count *now* plus the backend's load from elsewhere
+//! (other relays, direct clients): its scraped `running + waiting` minus the relay's in-flight
+//! count *when it was scraped*. Taking the plain maximum of the live count and the scraped one
+//! instead lets a scrape up to one interval old outvote the live count: under steady load every
+//! backend looks as busy as its busiest recent moment, ties send every new request to one
+//! backend, and the region looks saturated at half its real load (seen at 128 concurrent
+//! streams over two backends). KV use and busy slots are scaled the same way, by the change of
+//! our own share since the scrape. Signals older than [`STALE_AFTER_SCRAPES`] scrape intervals
+//! are ignored and the score falls back to in-flight alone.
 
 mod health;
 #[cfg(test)]
@@ -133,7 +140,8 @@ struct Member {
 
 #[derive(Clone, Copy, Default)]
 struct MemberState {
-    signals: Option<(BackendSignals, Instant)>,
+    /// The last scrape, when it was taken, and the relay's own in-flight count at that moment.
+    signals: Option<(BackendSignals, Instant, u32)>,
     liveness: ProbeHealth,
     deep: ProbeHealth,
     outlier: Outlier,
@@ -516,7 +524,8 @@ impl Pool {
 
     pub fn update_signals(&self, b: BackendIdx, signals: BackendSignals, now: Instant) {
         self.with_slot(b, |slot| {
-            lock(&slot.member.state).signals = Some((signals, now));
+            let ours = slot.member.in_flight.load(Ordering::Relaxed);
+            lock(&slot.member.state).signals = Some((signals, now, ours));
         });
     }
 
@@ -620,10 +629,10 @@ impl Pool {
                     paused_for: left(state.outlier.paused_until),
                     in_flight: reading.in_flight,
                     score: reading.score,
-                    signals: state.signals.map(|(signals, _)| signals),
+                    signals: state.signals.map(|(signals, _, _)| signals),
                     signal_age: state
                         .signals
-                        .map(|(_, at)| now.saturating_duration_since(at)),
+                        .map(|(_, at, _)| now.saturating_duration_since(at)),
                     consecutive_failures: state.outlier.consecutive_failures,
                     ttft_ewma: state
                         .ttft_ewma
@@ -691,8 +700,8 @@ impl Pool {
         let in_flight = slot.member.in_flight.load(Ordering::Relaxed);
         let fresh_signals = state
             .signals
-            .filter(|(_, at)| now.saturating_duration_since(*at) <= self.stale_after)
-            .map(|(signals, _)| signals);
+            .filter(|(_, at, _)| now.saturating_duration_since(*at) <= self.stale_after)
+            .map(|(signals, _, ours_then)| Scraped { signals, ours_then });
         Reading {
             health,
             available: !slot.removed
@@ -790,24 +799,42 @@ fn routes(slots: &[Slot]) -> BTreeMap<String, Vec<BackendIdx>> {
     }
     by_model
 }
+/// A fresh scrape and the relay's own in-flight count when it was taken.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Scraped {
+    pub(crate) signals: BackendSignals,
+    pub(crate) ours_then: u32,
+}
+
 /// The score of the module doc, from numbers already judged fresh.
-fn load_score(slots: u32, in_flight: u32, signals: Option<&BackendSignals>) -> f64 {
+pub(crate) fn load_score(slots: u32, in_flight: u32, scraped: Option<&Scraped>) -> f64 {
     let slots = f64::from(slots.max(1));
-    let mut demand = f64::from(in_flight);
+    let ours_now = f64::from(in_flight);
+    let mut demand = ours_now;
     let mut score = 0.0_f64;
-    if let Some(signals) = signals {
+    if let Some(Scraped { signals, ours_then }) = scraped {
+        let ours_then = f64::from(*ours_then);
         let at_backend = match (signals.running, signals.waiting) {
-            (None, None) => 0.0,
-            (running, waiting) => running.unwrap_or(0.0) + waiting.unwrap_or(0.0),
+            (None, None) => None,
+            (running, waiting) => Some(running.unwrap_or(0.0) + waiting.unwrap_or(0.0)),
         };
-        demand = demand.max(at_backend);
+        if let Some(at_backend) = at_backend {
+            // `max(0.0)` also maps a NaN to 0: a bad signal never poisons the comparison.
+            demand = ours_now + (at_backend - ours_then).max(0.0);
+        }
         if let Some(kv) = signals.kv_usage {
-            score = score.max(kv / KV_FULL);
+            // KV use grows with running sequences: scale the scraped figure to today's demand.
+            let kv_now = match at_backend {
+                Some(then) if then > 0.0 => kv * demand / then,
+                _ => kv,
+            };
+            score = score.max(kv_now / KV_FULL);
         }
         if let (Some(busy), Some(total)) = (signals.slots_busy, signals.slots_total)
             && total > 0.0
         {
-            score = score.max(busy / total);
+            let busy_now = ours_now + (busy - ours_then).max(0.0);
+            score = score.max(busy_now / total);
         }
     }
     // `f64::max` drops a NaN operand, so a bad signal can never poison the comparison.

@@ -503,12 +503,88 @@ fn load_scores() {
         ),
     ];
     for (name, slots, in_flight, signals, expected) in cases {
-        let score = load_score(*slots, *in_flight, signals.as_ref());
+        // Scraped while our share was what it is now.
+        let scraped = signals.map(|signals| Scraped {
+            signals,
+            ours_then: *in_flight,
+        });
+        let score = load_score(*slots, *in_flight, scraped.as_ref());
         assert!(
             (score - expected).abs() < 1e-9,
             "{name}: {score} != {expected}"
         );
     }
+}
+
+#[test]
+fn a_scrape_counts_only_load_from_elsewhere_against_our_live_share() {
+    let running = |r: f64| BackendSignals {
+        running: Some(r),
+        ..BackendSignals::default()
+    };
+    // (slots, ours now, ours when scraped, scraped running, expected score)
+    let cases: &[(&str, u32, u32, u32, f64, f64)] = &[
+        (
+            "our requests moved away since the scrape",
+            128,
+            48,
+            80,
+            80.0,
+            48.0 / 128.0,
+        ),
+        (
+            "our requests arrived since the scrape",
+            128,
+            80,
+            48,
+            48.0,
+            80.0 / 128.0,
+        ),
+        ("others' load is kept", 128, 10, 10, 50.0, 50.0 / 128.0),
+        (
+            "others' load plus ours now",
+            128,
+            30,
+            10,
+            50.0,
+            70.0 / 128.0,
+        ),
+        (
+            "a scrape below our share then is not negative load",
+            128,
+            5,
+            20,
+            3.0,
+            5.0 / 128.0,
+        ),
+    ];
+    for (name, slots, now, then, scraped_running, expected) in cases {
+        let scraped = Scraped {
+            signals: running(*scraped_running),
+            ours_then: *then,
+        };
+        let score = load_score(*slots, *now, Some(&scraped));
+        assert!(
+            (score - expected).abs() < 1e-9,
+            "{name}: {score} != {expected}"
+        );
+    }
+}
+
+#[test]
+fn scraped_kv_use_is_scaled_to_the_demand_now() {
+    // 64 of 128 running when scraped, KV 0.45 (0.5 of full at KV_FULL = 0.9); since then our
+    // share fell from 64 to 32: KV is about half of what was scraped.
+    let scraped = Scraped {
+        signals: BackendSignals {
+            running: Some(64.0),
+            kv_usage: Some(0.45),
+            ..BackendSignals::default()
+        },
+        ours_then: 64,
+    };
+    let score = load_score(128, 32, Some(&scraped));
+    assert!((score - 0.25).abs() < 1e-9, "{score}");
 }
 
 #[test]
