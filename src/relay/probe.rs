@@ -230,9 +230,15 @@ where
             let timeout = delay.clamp(PROBE_TIMEOUT.0, PROBE_TIMEOUT.1);
             let scrape = async {
                 if signals::publishes_signals(self.kind) {
+                    let ours_when_sent = self.pool.in_flight(self.idx);
                     match self.fetch_signals(timeout).await {
                         Ok(signals) => {
-                            self.pool.update_signals(self.idx, signals, now());
+                            self.pool.update_signals_scraped(
+                                self.idx,
+                                signals,
+                                now(),
+                                ours_when_sent,
+                            );
                             signals_log.ok(&self.id, "load signals");
                         }
                         Err(error) => signals_log.failed(&self.id, "load signals", &error),

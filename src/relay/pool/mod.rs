@@ -523,8 +523,32 @@ impl Pool {
     }
 
     pub fn update_signals(&self, b: BackendIdx, signals: BackendSignals, now: Instant) {
+        self.update_signals_scraped(b, signals, now, 0);
+    }
+
+    /// The relay's own in-flight count at a backend, e.g. taken just before a scrape is sent.
+    pub fn in_flight(&self, b: BackendIdx) -> u32 {
+        self.with_slot(b, |slot| slot.member.in_flight.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Like [`Pool::update_signals`], with our in-flight count from when the scrape was sent.
+    /// The backend counted its load somewhere between sending and now; the larger of our two
+    /// counts is taken as our share then, so a burst of our own requests finishing meanwhile
+    /// is never mistaken for load from elsewhere (which would shed load that is not there).
+    pub fn update_signals_scraped(
+        &self,
+        b: BackendIdx,
+        signals: BackendSignals,
+        now: Instant,
+        ours_when_sent: u32,
+    ) {
         self.with_slot(b, |slot| {
-            let ours = slot.member.in_flight.load(Ordering::Relaxed);
+            let ours = slot
+                .member
+                .in_flight
+                .load(Ordering::Relaxed)
+                .max(ours_when_sent);
             lock(&slot.member.state).signals = Some((signals, now, ours));
         });
     }

@@ -572,6 +572,19 @@ fn a_scrape_counts_only_load_from_elsewhere_against_our_live_share() {
 }
 
 #[test]
+fn our_requests_finishing_during_a_scrape_are_not_load_from_elsewhere() {
+    let t0 = Instant::now();
+    let pool = Pool::new(&vllm(1));
+    // 8 of ours were in flight when the scrape was sent and the backend counted them; by the
+    // time the answer arrived they had finished.
+    let guards: Vec<InFlight> = (0..8).map(|_| pool.begin(b(0))).collect();
+    let sent_with = pool.in_flight(b(0));
+    drop(guards);
+    pool.update_signals_scraped(b(0), running(8.0), t0, sent_with);
+    assert!(pool.load_score(b(0), t0).abs() < 1e-9, "no phantom load");
+}
+
+#[test]
 fn scraped_kv_use_is_scaled_to_the_demand_now() {
     // 64 of 128 running when scraped, KV 0.45 (0.5 of full at KV_FULL = 0.9); since then our
     // share fell from 64 to 32: KV is about half of what was scraped.
