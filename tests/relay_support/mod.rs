@@ -476,11 +476,26 @@ impl Client {
                 *request.uri_mut() = format!("https://localhost{path}").parse()?;
                 let exchange = async {
                     let mut stream = send.send_request(request).await?;
-                    if !body.is_empty() {
-                        stream.send_data(body).await?;
+                    // RFC 9114 §4.1.2: a server that answers without the rest of the request
+                    // (e.g. 415 before reading the body) may stop the client's sending side;
+                    // the client must still read the complete response, so a failed send is
+                    // not the outcome — the response is.
+                    let sent = async {
+                        if !body.is_empty() {
+                            stream.send_data(body).await?;
+                        }
+                        stream.finish().await
                     }
-                    stream.finish().await?;
-                    let response = stream.recv_response().await?;
+                    .await;
+                    let response = match stream.recv_response().await {
+                        Ok(response) => response,
+                        Err(error) => {
+                            return Err(match sent {
+                                Err(send_error) => format!("{send_error}; then {error}").into(),
+                                Ok(()) => error.into(),
+                            });
+                        }
+                    };
                     Ok::<_, BoxError>((response, stream))
                 };
                 let (response, stream) = tokio::time::timeout(LIMIT, exchange).await??;
