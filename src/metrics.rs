@@ -11,16 +11,14 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
+use http_body_util::Full;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-    sync::watch,
-};
+use tokio::{net::TcpListener, sync::watch};
 use tracing::debug;
 
 use crate::{
@@ -246,16 +244,15 @@ fn rcode_name(rcode: hickory_proto::op::ResponseCode) -> &'static str {
     }
 }
 
-/// Serves `GET /metrics` (plain HTTP/1.x, one response per connection) until shutdown.
-/// Deliberately tiny: it is a scrape endpoint on a loopback or management address, not a web
-/// server; the admin API of the health-plane work replaces it.
+/// Serves `GET /metrics` over plain HTTP/1.1 (hyper) until shutdown: a scrape endpoint for a
+/// loopback or management address. The health-plane work folds it into the DNS admin API.
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => { debug!(%error, "metrics accept failed"); continue; }
@@ -264,29 +261,41 @@ pub async fn serve_metrics(
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut request = vec![0u8; 2048];
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
-            let Ok(Ok(n)) = read else { return };
-            let head = String::from_utf8_lossy(&request[..n]);
-            let path_ok = head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?");
-            let (status, body) = if path_ok {
-                ("200 OK", metrics.encode())
-            } else {
-                (
-                    "404 Not Found",
-                    "only GET /metrics is served here\n".to_string(),
-                )
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(error) = stream.write_all(response.as_bytes()).await {
-                debug!(%error, %peer, "metrics write failed");
+            let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, std::convert::Infallible>(scrape(&metrics, &request)) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                debug!(%error, %peer, "metrics connection failed");
             }
         });
     }
+}
+
+fn scrape<B>(metrics: &Metrics, request: &http::Request<B>) -> http::Response<Full<Bytes>> {
+    let (status, body) = match (request.method(), request.uri().path()) {
+        (&http::Method::GET, "/metrics") => (http::StatusCode::OK, metrics.encode()),
+        (_, "/metrics") => (
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "only GET /metrics is served here\n".to_string(),
+        ),
+        _ => (
+            http::StatusCode::NOT_FOUND,
+            "only GET /metrics is served here\n".to_string(),
+        ),
+    };
+    let mut response = http::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// Where the metrics endpoint listens, for the ready file.
