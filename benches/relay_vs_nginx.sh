@@ -292,6 +292,9 @@ results=$work/results.txt
 run_load() { # label proxy-pgid(or -) load-generator-args...
   local label=$1 pgid=$2 before=0 after=0 line status=0
   shift 2
+  # Rows share the two backends: let the relay's next scrape (1 s interval) see the previous
+  # row's load gone, or it counts that load as coming from elsewhere and sheds for a moment.
+  sleep 1.5
   [ "$pgid" != - ] && before=$(group_cpu_ns "$pgid")
   # In the background and waited for, so that a signal interrupts the wait at once (bash
   # runs traps only between foreground commands) and the trap stops it.
