@@ -95,15 +95,16 @@ pub fn respond(
     let limit = response_limit(snapshot, &query, transport);
     let mut reply = Reply::new(ResponseCode::NoError);
     let source = answer(snapshot, &query, peer, seed, now, &mut reply);
+    let rcode = reply.rcode;
     let truncated = encode(
         &query,
-        &reply,
+        reply,
         snapshot.config.limits.max_udp_payload,
         limit,
         out,
     );
     Some(Summary {
-        rcode: reply.rcode,
+        rcode,
         source,
         truncated,
     })
@@ -430,7 +431,7 @@ fn response_limit(snapshot: &Snapshot, query: &Query, transport: Transport) -> u
 /// Encodes the reply. When it does not fit: optional additional records go first; if it still
 /// does not fit, the answer is sent empty with TC=1 so the client retries over TCP.
 /// Returns whether TC was set.
-fn encode(query: &Query, reply: &Reply, our_payload: u16, limit: usize, out: &mut Vec<u8>) -> bool {
+fn encode(query: &Query, reply: Reply, our_payload: u16, limit: usize, out: &mut Vec<u8>) -> bool {
     let mut message = Message::new(query.id, MessageType::Response, OpCode::Query);
     message.metadata.authoritative = reply.authoritative;
     message.metadata.recursion_desired = query.recursion_desired;
@@ -443,9 +444,10 @@ fn encode(query: &Query, reply: &Reply, our_payload: u16, limit: usize, out: &mu
     if let Some(edns) = &query.edns {
         message.set_edns(response_edns(edns, our_payload, reply.ecs_scope));
     }
-    message.answers.clone_from(&reply.answers);
-    message.authorities.clone_from(&reply.authorities);
-    message.additionals.clone_from(&reply.additionals);
+    // Moved, not copied: the reply is not needed after encoding.
+    message.answers = reply.answers;
+    message.authorities = reply.authorities;
+    message.additionals = reply.additionals;
 
     if emit(&message, out) && out.len() <= limit {
         return false;
