@@ -97,6 +97,19 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum CertsCommand {
+    /// Create a deployment's CA and the certificates of its relays and DNS nodes.
+    Deployment {
+        /// Folder to write into (created if missing); existing files are never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// A region's relay: `ID[=NAME,…]`, NAMEs being DNS names or IPs its HTTPS serves
+        /// (e.g. `eu-west=api.example.test,127.0.1.1`); repeatable.
+        #[arg(long = "region", required = true)]
+        regions: Vec<crate::health::pki::Member>,
+        /// A DNS node: `ID[=NAME,…]`, the names or IPs relays connect to (default: ID); repeatable.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<crate::health::pki::Member>,
+    },
     /// Write a self-signed certificate and key for local use (the relay example, tests, demos).
     /// Never for production: clients must be told to trust it explicitly.
     SelfSigned {
@@ -146,6 +159,14 @@ pub fn main() -> ExitCode {
         Command::Certs {
             command: CertsCommand::SelfSigned { out, names },
         } => self_signed(&out, &names),
+        Command::Certs {
+            command:
+                CertsCommand::Deployment {
+                    out,
+                    regions,
+                    nodes,
+                },
+        } => deployment_certs(&out, &regions, &nodes),
     }
 }
 
@@ -503,6 +524,29 @@ fn self_signed(out: &Path, names: &[String]) -> ExitCode {
         Err(error) => {
             eprintln!("meridian: cannot write into {}: {error}", out.display());
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn deployment_certs(
+    out: &Path,
+    regions: &[crate::health::pki::Member],
+    nodes: &[crate::health::pki::Member],
+) -> ExitCode {
+    match crate::health::pki::write_deployment(out, regions, nodes, std::time::SystemTime::now()) {
+        Ok(paths) => {
+            for path in paths {
+                println!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error @ crate::health::pki::PkiError::Io { .. }) => {
+            eprintln!("meridian: {error}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("meridian: {error}");
+            ExitCode::from(EXIT_INVALID)
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod geo;
+pub mod health;
 pub mod metrics;
 pub mod operator_state;
 pub mod relay;

@@ -101,7 +101,11 @@ impl FileWatch {
                 return;
             }
             let files = seen.read().unwrap_or_else(|p| p.into_inner());
-            if event.paths.iter().any(|p| files.contains(p)) {
+            if event
+                .paths
+                .iter()
+                .any(|p| files.contains(p) || is_atomic_swap(p))
+            {
                 // Full channel: a reload is already pending, which will see this change too.
                 let _ = events.try_send(());
             }
@@ -142,6 +146,15 @@ impl FileWatch {
     }
 }
 
+/// Kubernetes (and other atomic writers) update a mounted ConfigMap or Secret by swapping a
+/// `..data` symlink (and `..<timestamp>` folders) beside the files: the watched names
+/// themselves never see an event.
+pub fn is_atomic_swap(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with(".."))
+}
+
 /// The path as the watcher reports it: canonical folder (no `..`, no symlinks) + file name.
 fn absolute(path: &Path) -> PathBuf {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
@@ -155,4 +168,19 @@ fn absolute(path: &Path) -> PathBuf {
     std::fs::canonicalize(parent)
         .map(|folder| folder.join(name))
         .unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writer_names_are_recognised() {
+        assert!(is_atomic_swap(Path::new("/etc/meridian/..data")));
+        assert!(is_atomic_swap(Path::new(
+            "/etc/meridian/..2026_11_21_07_00_00.1234"
+        )));
+        assert!(!is_atomic_swap(Path::new("/etc/meridian/meridian.toml")));
+        assert!(!is_atomic_swap(Path::new("/etc/meridian/.hidden")));
+    }
 }

@@ -185,3 +185,65 @@ fn geoip_build_reproduces_the_shipped_database() {
         "geoip/demo.mmdb is exactly what the documented command builds"
     );
 }
+
+#[test]
+fn certs_deployment_writes_a_ca_and_member_certificates_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let out = tempfile::tempdir().unwrap();
+    let folder = out.path().join("pki");
+    let args = [
+        "certs",
+        "deployment",
+        "--out",
+        folder.to_str().unwrap(),
+        "--region",
+        "eu-west=api.example.test,127.0.1.1",
+        "--node",
+        "pop-a=127.0.0.1",
+    ];
+    let made = meridian(&args);
+    assert!(made.status.success(), "{}", stderr(&made));
+    for file in ["ca.pem", "relay-eu-west.pem", "dns-pop-a.pem"] {
+        let text = std::fs::read_to_string(folder.join(file)).unwrap();
+        assert!(text.contains("BEGIN CERTIFICATE"), "{file}");
+    }
+    for key in ["ca-key.pem", "relay-eu-west-key.pem", "dns-pop-a-key.pem"] {
+        let mode = std::fs::metadata(folder.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{key} is readable by others: {mode:o}");
+    }
+    // The relay certificate is a usable TLS server pair: `check` loads it for a relay config.
+    let relay = std::fs::read_to_string(repo().join("deploy/relay/relay.toml")).unwrap();
+    std::fs::create_dir_all(out.path().join("certs")).unwrap();
+    std::fs::copy(
+        folder.join("relay-eu-west.pem"),
+        out.path().join("certs/relay.pem"),
+    )
+    .unwrap();
+    std::fs::copy(
+        folder.join("relay-eu-west-key.pem"),
+        out.path().join("certs/relay-key.pem"),
+    )
+    .unwrap();
+    std::fs::write(out.path().join("relay.toml"), relay).unwrap();
+    let checked = meridian(&[
+        "check",
+        "--config",
+        out.path().join("relay.toml").to_str().unwrap(),
+    ]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+
+    let again = meridian(&args);
+    assert_eq!(
+        again.status.code(),
+        Some(64),
+        "never overwrites a deployment's keys"
+    );
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+}

@@ -331,3 +331,43 @@ fn scrape(address: &str) -> String {
     let _ = stream.read_to_string(&mut body);
     body
 }
+
+/// Kubernetes updates a mounted ConfigMap by swapping a `..data` symlink; the visible names
+/// are symlinks through it and never change themselves. The server must still reload.
+#[tokio::test]
+async fn binary_reloads_when_a_kubernetes_style_mount_swaps_its_data_link() {
+    use std::os::unix::fs::symlink;
+    let scratch = Scratch::new();
+    let mount = scratch.path("mount");
+    let version = |name: &str, zone_extra: &str| {
+        let folder = mount.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(
+            folder.join("meridian.toml"),
+            scratch.read("zones/meridian.toml"),
+        )
+        .unwrap();
+        let zone = scratch.read("zones/example.test.zone") + zone_extra;
+        std::fs::write(folder.join("example.test.zone"), zone).unwrap();
+    };
+    version("..v1", "");
+    symlink("..v1", mount.join("..data")).unwrap();
+    for file in ["meridian.toml", "example.test.zone"] {
+        symlink(format!("..data/{file}"), mount.join(file)).unwrap();
+    }
+    // The config names ../geoip/demo.mmdb: the mount sits beside the scratch geoip folder.
+    let config = mount.join("meridian.toml");
+    let server = Binary::dns(&["--config", config.to_str().unwrap()]);
+    let client = udp_client(server.udp).await;
+    let before = ask(&client, "k8s.example.test.", RecordType::A, None).await;
+    assert!(addresses(&before).is_empty(), "not there yet");
+
+    version("..v2", "\nk8s 300 IN A 192.0.2.77\n");
+    symlink("..v2", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    eventually("the swapped mount is reloaded", || async {
+        addresses(&ask(&client, "k8s.example.test.", RecordType::A, None).await)
+            == vec![ip("192.0.2.77")]
+    })
+    .await;
+}

@@ -223,7 +223,11 @@ impl CertStore {
                 if matches!(event.kind, notify::EventKind::Access(_)) {
                     return;
                 }
-                if event.paths.iter().any(|p| files.contains(p)) {
+                if event
+                    .paths
+                    .iter()
+                    .any(|p| files.contains(p) || crate::reload::is_atomic_swap(p))
+                {
                     // Full channel: a reload is pending already and will read this change.
                     let _ = changed.try_send(());
                 }

@@ -1,0 +1,21 @@
+//! The health plane between the tiers (design §4): relays push region reports to every DNS
+//! node over QUIC with mutual TLS.
+//!
+//! - [`frame`]: the versioned, length-limited wire format of a report (pure).
+//! - [`ledger`]: which report of each region is current and fresh, by per-connection sequence
+//!   and the receiver's own clock (pure).
+//! - [`pki`]: the deployment CA, relay and DNS-node certificates, the region identity read
+//!   from a relay's certificate, and the rustls/quinn configurations of the channel.
+//!
+//! The region a report is about is always the one in the sender's certificate
+//! ([`pki::peer_region`]); the body's `region` field is only checked against it.
+
+pub(crate) mod der;
+pub mod frame;
+pub mod ledger;
+pub mod pki;
+
+pub use frame::{
+    Frame, FrameError, ReceivedReport, ReportFrame, ReportedState, decode, encode, encode_report,
+};
+pub use ledger::{LedgerCounters, ReportLedger, ReportRejected, Session};
