@@ -5,6 +5,12 @@
 //! query path (at start-up and on reload), fully validated before anyone can see it, and then
 //! published with a single [`ArcSwap::store`]: a reader sees either the old generation or the
 //! new one, never a mix. Building does file IO; serving from it does none.
+//!
+//! Health flips do not rebuild anything: [`SnapshotStore::update_health`] publishes a copy of
+//! the current generation that shares its zones, GeoIP reader, name maps and client maps and
+//! differs only in the steering table's region statuses. The latest health is kept in the
+//! store, so a reload publishes the new generation with it rather than with all regions
+//! unknown.
 
 use std::{
     collections::HashMap,
@@ -23,7 +29,7 @@ use crate::{
     config::{self, ConfigError, model::DnsConfig},
     geo::{GeoDb, GeoError},
     operator_state::{OperatorState, OperatorStateError},
-    steering::{PolicyIdx, SteeringTable},
+    steering::{Health, PolicyIdx, SteeringTable, region_statuses},
     zone::{Zone, ZoneError, Zones},
 };
 
@@ -34,16 +40,17 @@ pub const WHY_LABEL: &str = "_why";
 pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<DnsConfig>,
-    pub zones: Zones,
+    /// Shared between the snapshots of one generation (health updates copy the snapshot).
+    pub zones: Arc<Zones>,
     pub geo: Option<Arc<GeoDb>>,
     pub operator: OperatorState,
     pub steering: SteeringTable,
     /// GSLB name (lower-case) → its policy.
-    pub gslb_by_name: HashMap<Name, PolicyIdx>,
+    pub gslb_by_name: Arc<HashMap<Name, PolicyIdx>>,
     /// `_why.<GSLB name>` (lower-case) → the policy it explains, for policies with `why = true`.
-    pub why_by_name: HashMap<Name, PolicyIdx>,
+    pub why_by_name: Arc<HashMap<Name, PolicyIdx>>,
     /// GSLB names as text, by policy index, for metric labels.
-    gslb_labels: Vec<Arc<str>>,
+    gslb_labels: Arc<[Arc<str>]>,
 }
 
 /// Why a snapshot could not be built. Every variant names the file at fault.
@@ -154,13 +161,39 @@ impl Snapshot {
             gslb_labels,
             generation,
             config: Arc::new(config),
-            zones,
+            zones: Arc::new(zones),
             geo,
             operator,
             steering,
-            gslb_by_name,
-            why_by_name,
+            gslb_by_name: Arc::new(gslb_by_name),
+            why_by_name: Arc::new(why_by_name),
         })
+    }
+
+    /// The same generation with `health` (by region id; absent regions are unknown) in the
+    /// steering table. Cheap: everything but the region statuses is shared.
+    fn with_health(&self, health: &HashMap<Arc<str>, Health>) -> Snapshot {
+        let by_index: Vec<Health> = self
+            .config
+            .regions
+            .iter()
+            .map(|region| health.get(&region.id).copied().unwrap_or_default())
+            .collect();
+        Snapshot {
+            generation: self.generation,
+            config: Arc::clone(&self.config),
+            zones: Arc::clone(&self.zones),
+            geo: self.geo.clone(),
+            operator: self.operator.clone(),
+            steering: self.steering.with_statuses(region_statuses(
+                &self.config,
+                &self.operator,
+                &by_index,
+            )),
+            gslb_by_name: Arc::clone(&self.gslb_by_name),
+            why_by_name: Arc::clone(&self.why_by_name),
+            gslb_labels: Arc::clone(&self.gslb_labels),
+        }
     }
 
     /// GSLB names as text, by policy index.
@@ -193,6 +226,11 @@ pub struct SnapshotStore {
     next_generation: AtomicU64,
     /// Reloads run one at a time, so a slow older build can never overwrite a newer one.
     reload_lock: Mutex<()>,
+    /// The health plane's latest view, by region id. Every publication happens under this
+    /// lock and applies it, so a health update and a reload finishing at the same moment can
+    /// neither lose the new generation nor the new health. Held only for a cheap copy, never
+    /// during a build.
+    health: Mutex<HashMap<Arc<str>, Health>>,
 }
 
 /// The outcome of one reload attempt, for logs, metrics and tests.
@@ -214,6 +252,7 @@ impl SnapshotStore {
             config_path: config_path.to_path_buf(),
             next_generation: AtomicU64::new(2),
             reload_lock: Mutex::new(()),
+            health: Mutex::new(HashMap::new()),
         })
     }
 
@@ -225,6 +264,7 @@ impl SnapshotStore {
             config_path: config_path.to_path_buf(),
             next_generation: AtomicU64::new(next),
             reload_lock: Mutex::new(()),
+            health: Mutex::new(HashMap::new()),
         }
     }
 
@@ -246,6 +286,12 @@ impl SnapshotStore {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         match Snapshot::load(&self.config_path, generation) {
             Ok(snapshot) => {
+                let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+                let snapshot = if health.is_empty() {
+                    snapshot
+                } else {
+                    snapshot.with_health(&health)
+                };
                 self.current.store(Arc::new(snapshot));
                 ReloadOutcome::Loaded {
                     generation,
@@ -254,6 +300,35 @@ impl SnapshotStore {
             }
             Err(error) => ReloadOutcome::Rejected(error),
         }
+    }
+
+    /// Publishes the current generation with `health`, indexed like the current config's
+    /// regions (regions past its end are unknown). Returns whether anything changed; an
+    /// unchanged vector publishes nothing, so queries keep their cached snapshot. The
+    /// generation number stays: it counts configurations, not health flips.
+    pub fn update_health(&self, health: &[Health]) -> bool {
+        // Poisoning would mean a panic while copying a snapshot; the map itself stays valid.
+        let mut latest = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.load_full();
+        let by_id: HashMap<Arc<str>, Health> = current
+            .config
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, region)| {
+                (
+                    Arc::clone(&region.id),
+                    health.get(i).copied().unwrap_or_default(),
+                )
+            })
+            .collect();
+        if *latest == by_id {
+            return false;
+        }
+        let snapshot = current.with_health(&by_id);
+        *latest = by_id;
+        self.current.store(Arc::new(snapshot));
+        true
     }
 
     pub fn config_path(&self) -> &Path {

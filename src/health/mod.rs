@@ -6,6 +6,11 @@
 //!   and the receiver's own clock (pure).
 //! - [`pki`]: the deployment CA, relay and DNS-node certificates, the region identity read
 //!   from a relay's certificate, and the rustls/quinn configurations of the channel.
+//! - [`sender`]: the relay's end: a connection per DNS node, a report per interval, reconnect
+//!   with backoff.
+//! - [`listener`]: the DNS node's end: mutual-TLS connections, bounded report streams into the
+//!   ledger, and the feed that publishes region health into the serving snapshot.
+//! - [`view`]: region health from the ledger, with hysteresis (pure).
 //!
 //! The region a report is about is always the one in the sender's certificate
 //! ([`pki::peer_region`]); the body's `region` field is only checked against it.
@@ -13,9 +18,17 @@
 pub(crate) mod der;
 pub mod frame;
 pub mod ledger;
+pub mod listener;
 pub mod pki;
+pub mod sender;
+pub mod view;
 
 pub use frame::{
     Frame, FrameError, ReceivedReport, ReportFrame, ReportedState, decode, encode, encode_report,
 };
 pub use ledger::{LedgerCounters, ReportLedger, ReportRejected, Session};
+pub use listener::{
+    ListenerCounters, ListenerError, ListenerLimits, SteeringFeed, listener_endpoint, run_listener,
+};
+pub use sender::{Backoff, HealthNode, HealthSenderConfig, SenderError, run_sender};
+pub use view::{HealthView, Hysteresis};
