@@ -337,8 +337,12 @@ fn write_large_db(size: Size, database: &Path) -> Vec<IpAddr> {
     let synthetic: SyntheticDb = synthetic_geoip::generate(size, SYNTHETIC_SEED);
     let generated = started.elapsed();
     let started = Instant::now();
-    let bytes = geo::build_database("Meridian-Synthetic-City", &synthetic.entries, 0)
-        .expect("synthetic entries are valid");
+    let bytes = geo::build_database(
+        "Meridian-Synthetic-City",
+        &synthetic.entries,
+        geo::CSV_BUILD_EPOCH,
+    )
+    .expect("synthetic entries are valid");
     let built = started.elapsed();
     // Written beside and renamed, as operators must replace a mapped database.
     let partial = database.with_extension("partial");

@@ -472,7 +472,8 @@ mod tests {
 
     /// Writes `entries` as a database and opens it; the file lives as long as the guard.
     fn open_built(entries: &[(IpNet, Location)]) -> (GeoDb, TempFile) {
-        let bytes = build_database("Test-City", entries, 0).expect("build");
+        let bytes =
+            build_database("Test-City", entries, crate::geo::CSV_BUILD_EPOCH).expect("build");
         let file = TempFile::with_contents(&bytes);
         let db = GeoDb::open(&file.path).expect("open");
         (db, file)

@@ -106,6 +106,13 @@ fn write_database(
     entries: &[DbEntry<'_>],
     build_epoch: u64,
 ) -> Result<Vec<u8>, GeoError> {
+    // libmaxminddb (gdnsd, Knot, mmdblookup) rejects build_epoch 0 as invalid metadata; a
+    // database only our own reader can open is not what this writer promises.
+    if build_epoch == 0 {
+        return Err(GeoError::Build {
+            reason: "build_epoch must be a real time (libmaxminddb rejects 0)".to_string(),
+        });
+    }
     let mut seen = HashSet::with_capacity(entries.len());
     for entry in entries {
         check_entry(entry.network, entry.location).map_err(|problem| GeoError::InvalidEntry {
@@ -522,10 +529,18 @@ mod tests {
         for (entries, problem) in table {
             let network = entries.last().map(|(n, _)| *n).expect("entry");
             assert_eq!(
-                build_database("Test-City", &entries, 0),
+                build_database("Test-City", &entries, CSV_BUILD_EPOCH),
                 Err(GeoError::InvalidEntry { network, problem })
             );
         }
+    }
+
+    #[test]
+    fn build_epoch_zero_is_refused() {
+        assert!(matches!(
+            build_database("Test-City", &[], 0),
+            Err(GeoError::Build { .. })
+        ));
     }
 
     const HEADER: &str = "network,continent,country,subdivision,latitude,longitude,city\n";
