@@ -20,6 +20,7 @@ use std::{ops::Range, path::Path};
 use toml::de::{DeTable, DeValue};
 
 pub use error::{AddressKind, ConfigError, FieldError, Problem, UrlProblem};
+pub(crate) use validate::Findings;
 pub use validate::RawDocument;
 
 use model::DnsConfig;

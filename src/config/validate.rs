@@ -31,24 +31,20 @@ use super::{
 
 /// A parsed document together with the file it came from, which relative paths are resolved
 /// against.
+/// Shared by the DNS and the relay configuration (`T` is the raw document type).
 #[derive(Clone, Copy, Debug)]
-pub struct RawDocument<'a> {
-    pub config: &'a RawDnsConfig,
+pub struct RawDocument<'a, T> {
+    pub config: &'a T,
     pub source: &'a Path,
 }
 
-impl TryFrom<RawDocument<'_>> for DnsConfig {
+impl TryFrom<RawDocument<'_, RawDnsConfig>> for DnsConfig {
     type Error = Vec<FieldError>;
 
-    fn try_from(doc: RawDocument<'_>) -> Result<Self, Self::Error> {
+    fn try_from(doc: RawDocument<'_, RawDnsConfig>) -> Result<Self, Self::Error> {
         let raw = doc.config;
         let mut v = Validator {
-            errors: Vec::new(),
-            base: doc
-                .source
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
+            findings: Findings::new(doc.source),
         };
 
         let (listen, limits, metrics_listen) = v.server(&raw.server);
@@ -65,8 +61,8 @@ impl TryFrom<RawDocument<'_>> for DnsConfig {
         let gslb = v.gslb_names(&raw.gslb, &origins, &ids);
         let overrides = v.overrides(&raw.overrides, &ids);
 
-        if !v.errors.is_empty() {
-            return Err(v.errors);
+        if !v.findings.errors.is_empty() {
+            return Err(v.findings.errors);
         }
         Ok(DnsConfig {
             source: doc.source.to_path_buf(),
@@ -105,20 +101,30 @@ impl<'a> RegionIds<'a> {
     }
 }
 
-struct Validator {
-    errors: Vec<FieldError>,
+/// Every problem found in one config file, each with its field path, and the folder relative
+/// paths are resolved against. Shared by the DNS and the relay validators, which add their own
+/// checks on top (through `Deref`).
+pub(crate) struct Findings {
+    pub(crate) errors: Vec<FieldError>,
     base: PathBuf,
 }
 
-impl Validator {
-    fn report(&mut self, field: impl Into<String>, problem: Problem) {
+impl Findings {
+    pub(crate) fn new(source: &Path) -> Findings {
+        Findings {
+            errors: Vec::new(),
+            base: source.parent().map(Path::to_path_buf).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn report(&mut self, field: impl Into<String>, problem: Problem) {
         self.errors.push(FieldError {
             field: field.into(),
             problem,
         });
     }
 
-    fn path(&mut self, field: &str, path: &Path) -> PathBuf {
+    pub(crate) fn path(&mut self, field: &str, path: &Path) -> PathBuf {
         if path.as_os_str().is_empty() {
             self.report(field, Problem::EmptyPath);
         }
@@ -127,7 +133,7 @@ impl Validator {
     }
 
     /// `value` as a `T` if it lies in `min..=max`.
-    fn int_in<T: TryFrom<i64>>(
+    pub(crate) fn int_in<T: TryFrom<i64>>(
         &mut self,
         field: &str,
         value: i64,
@@ -140,7 +146,26 @@ impl Validator {
         }
         T::try_from(value).ok()
     }
+}
 
+struct Validator {
+    findings: Findings,
+}
+
+impl std::ops::Deref for Validator {
+    type Target = Findings;
+    fn deref(&self) -> &Findings {
+        &self.findings
+    }
+}
+
+impl std::ops::DerefMut for Validator {
+    fn deref_mut(&mut self) -> &mut Findings {
+        &mut self.findings
+    }
+}
+
+impl Validator {
     fn coordinate(&mut self, field: &str, value: f64, limit: f64) -> f64 {
         // `contains` is false for NaN, which TOML can spell.
         if !(-limit..=limit).contains(&value) {

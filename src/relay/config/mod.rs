@@ -21,7 +21,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::config::{ConfigError, parse_toml};
 
-pub use validate::RawDocument;
+pub use crate::config::RawDocument;
 
 use model::RelayConfig;
 use raw::RawRelayConfig;

@@ -5,15 +5,9 @@
 //! a file in one round. No IO: the TLS files' paths are resolved against the config file's
 //! folder but never opened (`meridian check` loads them).
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::config::{AddressKind, FieldError, Problem, UrlProblem};
+use crate::config::{AddressKind, FieldError, Findings, Problem, RawDocument, UrlProblem};
 
 use super::{
     model::{
@@ -37,26 +31,13 @@ const MAX_HEADER_BYTES: i64 = 16 * 1024 * 1024;
 /// The keyword that makes a backend's model list come from its `GET /v1/models`.
 const DISCOVER: &str = "discover";
 
-/// A parsed document together with the file it came from, which relative paths are resolved
-/// against.
-#[derive(Clone, Copy, Debug)]
-pub struct RawDocument<'a> {
-    pub config: &'a RawRelayConfig,
-    pub source: &'a Path,
-}
-
-impl TryFrom<RawDocument<'_>> for RelayConfig {
+impl TryFrom<RawDocument<'_, RawRelayConfig>> for RelayConfig {
     type Error = Vec<FieldError>;
 
-    fn try_from(doc: RawDocument<'_>) -> Result<Self, Self::Error> {
+    fn try_from(doc: RawDocument<'_, RawRelayConfig>) -> Result<Self, Self::Error> {
         let raw = doc.config;
         let mut v = Validator {
-            errors: Vec::new(),
-            base: doc
-                .source
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
+            findings: Findings::new(doc.source),
         };
 
         let relay = &raw.relay;
@@ -86,8 +67,8 @@ impl TryFrom<RawDocument<'_>> for RelayConfig {
         let limits = v.limits(&raw.limits);
         let health = v.health(&raw.health);
 
-        if !v.errors.is_empty() {
-            return Err(v.errors);
+        if !v.findings.errors.is_empty() {
+            return Err(v.findings.errors);
         }
         Ok(RelayConfig {
             source: doc.source.to_path_buf(),
@@ -108,9 +89,22 @@ impl TryFrom<RawDocument<'_>> for RelayConfig {
     }
 }
 
+/// The relay's checks on top of the shared [`Findings`].
 struct Validator {
-    errors: Vec<FieldError>,
-    base: PathBuf,
+    findings: Findings,
+}
+
+impl std::ops::Deref for Validator {
+    type Target = Findings;
+    fn deref(&self) -> &Findings {
+        &self.findings
+    }
+}
+
+impl std::ops::DerefMut for Validator {
+    fn deref_mut(&mut self) -> &mut Findings {
+        &mut self.findings
+    }
 }
 
 /// No upper bound for [`Validator::int_in`] (into a `u64`, such as milliseconds).
@@ -124,21 +118,6 @@ const USIZE_MAX: i64 = if usize::BITS < 64 {
 };
 
 impl Validator {
-    fn report(&mut self, field: impl Into<String>, problem: Problem) {
-        self.errors.push(FieldError {
-            field: field.into(),
-            problem,
-        });
-    }
-
-    fn path(&mut self, field: &str, path: &Path) -> PathBuf {
-        if path.as_os_str().is_empty() {
-            self.report(field, Problem::EmptyPath);
-        }
-        // `join` keeps absolute paths as they are.
-        self.base.join(path)
-    }
-
     /// `value` as a `T` if it lies in `min..=max`, otherwise a placeholder. `max` must fit a
     /// `T`.
     fn int_in<T: TryFrom<i64> + Default>(
@@ -148,11 +127,9 @@ impl Validator {
         min: i64,
         max: i64,
     ) -> T {
-        if !(min..=max).contains(&value) {
-            self.report(field, Problem::IntegerOutOfRange { value, min, max });
-            return T::default();
-        }
-        T::try_from(value).unwrap_or_default()
+        self.findings
+            .int_in(field, value, min, max)
+            .unwrap_or_default()
     }
 
     fn millis(&mut self, field: &str, value: i64, min: i64, max: i64) -> Duration {
