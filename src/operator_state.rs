@@ -83,6 +83,9 @@ impl Default for RegionOperatorState {
 pub struct OperatorState {
     /// Keyed by region id.
     pub regions: BTreeMap<String, RegionOperatorState>,
+    /// A cap on every GSLB answer's TTL (seconds, ≥ 1), set ahead of a planned drill so
+    /// resolvers' caches turn over quickly once the region is drained.
+    pub max_ttl: Option<u32>,
 }
 
 /// The file as stored: the version is checked, then dropped from the model.
@@ -92,6 +95,8 @@ struct StateFile {
     version: u32,
     #[serde(default)]
     regions: BTreeMap<String, RegionOperatorState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_ttl: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -120,6 +125,8 @@ pub enum OperatorStateError {
         region: String,
         weight: u32,
     },
+    #[error("{path}: max_ttl = 0 is not allowed (at least 1 second)")]
+    ZeroMaxTtl { path: PathBuf },
 }
 
 /// Which file operation failed.
@@ -187,8 +194,14 @@ impl OperatorState {
                 weight: state.weight_percent,
             });
         }
+        if file.max_ttl == Some(0) {
+            return Err(OperatorStateError::ZeroMaxTtl {
+                path: path.to_path_buf(),
+            });
+        }
         Ok(Self {
             regions: file.regions,
+            max_ttl: file.max_ttl,
         })
     }
 
@@ -197,6 +210,7 @@ impl OperatorState {
         let file = StateFile {
             version: FORMAT_VERSION,
             regions: self.regions.clone(),
+            max_ttl: self.max_ttl,
         };
         // Serialising a struct of strings, enums and integers cannot fail.
         let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();

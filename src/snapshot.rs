@@ -196,6 +196,30 @@ impl Snapshot {
         }
     }
 
+    /// The same generation with a new operator state: statuses and TTL cap are recomputed,
+    /// everything else is shared. `health` is the health plane's current view by region id.
+    fn with_operator(
+        &self,
+        operator: OperatorState,
+        health: &HashMap<Arc<str>, Health>,
+    ) -> Snapshot {
+        let mut next = Snapshot {
+            operator,
+            ..self.with_health(health)
+        };
+        let by_index: Vec<Health> = next
+            .config
+            .regions
+            .iter()
+            .map(|region| health.get(&region.id).copied().unwrap_or_default())
+            .collect();
+        next.steering = next
+            .steering
+            .with_statuses(region_statuses(&next.config, &next.operator, &by_index))
+            .with_max_ttl(next.operator.max_ttl);
+        next
+    }
+
     /// GSLB names as text, by policy index.
     pub fn steering_names(&self) -> &[Arc<str>] {
         &self.gslb_labels
@@ -231,6 +255,15 @@ pub struct SnapshotStore {
     /// neither lose the new generation nor the new health. Held only for a cheap copy, never
     /// during a build.
     health: Mutex<HashMap<Arc<str>, Health>>,
+}
+
+/// Why an operator change was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorUpdateError {
+    #[error("no operator_state file is configured, so the change could not be persisted")]
+    NotConfigured,
+    #[error(transparent)]
+    Save(#[from] crate::operator_state::OperatorStateError),
 }
 
 /// The outcome of one reload attempt, for logs, metrics and tests.
@@ -329,6 +362,21 @@ impl SnapshotStore {
         *latest = by_id;
         self.current.store(Arc::new(snapshot));
         true
+    }
+
+    /// Persists `operator` to the configured operator-state file, then publishes it (same
+    /// generation, health kept). Fails without publishing when no file is configured or the
+    /// write fails: an operator action that a restart would forget must not look applied.
+    pub fn update_operator(&self, operator: OperatorState) -> Result<(), OperatorUpdateError> {
+        let latest = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.load_full();
+        let Some(path) = current.config.operator_state_file.as_deref() else {
+            return Err(OperatorUpdateError::NotConfigured);
+        };
+        operator.save(path)?;
+        let snapshot = current.with_operator(operator, &latest);
+        self.current.store(Arc::new(snapshot));
+        Ok(())
     }
 
     pub fn config_path(&self) -> &Path {

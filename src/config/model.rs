@@ -42,6 +42,122 @@ pub struct DnsConfig {
     /// Where operator region state (drain / force down / weight) is persisted.
     pub operator_state_file: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    /// `[health]`: the relay report channel; `None` = no channel (every region unknown).
+    pub health: Option<HealthChannel>,
+    /// `[admin]`: the operator HTTP API; `None` = no admin listener.
+    pub admin: Option<AdminApi>,
+    /// `[anycast]`: BGP announcement control through BIRD; `None` = not anycast.
+    pub anycast: Option<Anycast>,
+    /// `[rrl]`: response-rate limiting of UDP answers; `None` = off.
+    pub rrl: Option<RateLimit>,
+}
+
+/// `[health]`: where this DNS node listens for relay reports and how it judges them
+/// (design §4). Thresholds are counted in reports, not seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthChannel {
+    /// QUIC (UDP) listen address of the report channel.
+    pub listen: SocketAddr,
+    /// The deployment CA that signed relay certificates.
+    pub ca: PathBuf,
+    /// This node's certificate chain and key (server auth).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Bad reports in a row before a region is taken out (≥ 1).
+    pub down_after: u32,
+    /// Good reports in a row before it is put back (≥ `down_after`).
+    pub up_after: u32,
+    /// Longest validity a report may claim; older reports are stale whatever they say.
+    pub max_report_validity: std::time::Duration,
+    /// Spill-over: a region whose headroom fraction falls below `trip` stops getting new
+    /// clients first; it is put back only after `hold_reports` reports above `recover`.
+    pub spill: SpillWatermarks,
+    /// How often the published health is recomputed (silence turns into unknown).
+    pub refresh_interval: std::time::Duration,
+    /// The node's own probe of regions without a fresh report.
+    pub probe: ProbeSettings,
+    /// Most concurrent relay connections accepted.
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpillWatermarks {
+    /// Headroom fraction (0..1) at or below which a region starts spilling.
+    pub trip: f64,
+    /// Headroom fraction (> `trip`) the region must exceed to stop spilling …
+    pub recover: f64,
+    /// … for this many consecutive reports (≥ 1).
+    pub hold_reports: u32,
+}
+
+impl Default for SpillWatermarks {
+    fn default() -> Self {
+        Self {
+            trip: 0.05,
+            recover: 0.20,
+            hold_reports: 3,
+        }
+    }
+}
+
+/// How a DNS node checks a region it has no fresh report from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeSettings {
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    /// Failed probes in a row before a silent region counts as down.
+    pub down_after: u32,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self {
+            interval: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(2),
+            down_after: 2,
+        }
+    }
+}
+
+/// `[admin]`: the operator HTTP API (status, drain, weights, status page, metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminApi {
+    /// Loopback by default.
+    pub listen: SocketAddr,
+    /// File holding the bearer token (one line; surrounding whitespace ignored).
+    pub token_file: PathBuf,
+}
+
+/// `[anycast]`: the node announces `prefixes` through BIRD while it is fit to serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anycast {
+    /// BIRD's control socket.
+    pub bird_socket: PathBuf,
+    /// The BIRD protocol (e.g. a `static` protocol holding the anycast routes) that is enabled
+    /// to announce and disabled to withdraw.
+    pub protocol: String,
+    /// Self-check: withdraw when the serving snapshot is older than this without a successful
+    /// reload check, when a listener failed, or (if set) when no relay report arrived for
+    /// `max_health_silence`.
+    pub max_health_silence: Option<std::time::Duration>,
+    /// How often the self-check runs.
+    pub check_interval: std::time::Duration,
+}
+
+/// `[rrl]`: response-rate limiting per client prefix and answer (Knot / NSD / BIND style).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Responses per second allowed for one (client prefix, answer) bucket.
+    pub responses_per_second: u32,
+    /// Burst on top of the rate, in responses.
+    pub burst: u32,
+    /// Every `slip`-th limited response is sent truncated (TC=1) instead of dropped; 0 = drop all.
+    pub slip: u32,
+    /// Client prefix lengths buckets are kept per.
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// Most buckets tracked; the oldest are forgotten first.
+    pub max_buckets: usize,
 }
 
 impl DnsConfig {
@@ -101,6 +217,23 @@ pub struct Region {
     pub endpoints: Endpoints,
     /// Nominal capacity weight (> 0); the weighted mode splits answers by it.
     pub capacity: u32,
+    /// Relative cost of serving from this region (≥ 0; default 1); see [`CostPreference`].
+    pub cost: f64,
+    /// Model pools this region serves; empty = every pool.
+    pub models: Vec<Arc<str>>,
+    /// Where the DNS node's own probe reaches this region's relay, when reports go silent.
+    pub probe: Option<RelayProbe>,
+}
+
+/// The relay endpoint a DNS node probes: a QUIC handshake and an HTTPS `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayProbe {
+    /// HTTPS (TCP) and HTTP/3 (UDP) address of the relay.
+    pub address: SocketAddr,
+    /// TLS server name to verify the relay's certificate against.
+    pub server_name: String,
+    /// CA to verify it with; `None` = the `[health]` CA.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -146,6 +279,20 @@ pub struct SteeringPolicy {
     pub ecs: bool,
     /// Whether `_why.<name>` TXT queries explain the decision.
     pub why: bool,
+    /// The model pool the name is bound to: regions not serving it are not candidates.
+    pub model: Option<Arc<str>>,
+    /// Prefer the cheapest serving candidate within a budget of the best one.
+    pub cost: Option<CostPreference>,
+}
+
+/// Cost-aware steering: after ordering, the cheapest serving candidate whose distance (or
+/// measured latency) is within `budget` of the first one's is moved to the front.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CostPreference {
+    /// Extra great-circle distance allowed, in km.
+    WithinKm(f64),
+    /// Extra measured client RTT allowed, in ms (needs latency data; otherwise no change).
+    WithinMs(f64),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -158,6 +305,15 @@ pub enum SteeringMode {
     Weighted,
     /// The candidates in their configured order; independent of the client.
     Failover,
+    /// Lowest relay-measured client RTT for the client's prefix (/24, /48); where there is no
+    /// data, the fallback ordering (geo map or nearest).
+    Latency(LatencyFallback),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LatencyFallback {
+    GeoMap(GeoMap),
+    Nearest,
 }
 
 /// A geo map. Keys are upper-case: ISO 3166-1 country (`GB`), ISO 3166-2 subdivision

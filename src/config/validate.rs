@@ -75,6 +75,10 @@ impl TryFrom<RawDocument<'_, RawDnsConfig>> for DnsConfig {
             overrides,
             operator_state_file,
             metrics_listen,
+            health: None,
+            admin: None,
+            anycast: None,
+            rrl: None,
         })
     }
 }
@@ -373,6 +377,9 @@ impl Validator {
                 coordinates,
                 endpoints,
                 capacity,
+                cost: 1.0,
+                models: Vec::new(),
+                probe: None,
             });
         }
         regions
@@ -597,6 +604,8 @@ impl Validator {
                 RawAllUnhealthy::FailOpen => AllUnhealthy::FailOpen,
                 RawAllUnhealthy::FailClosed => AllUnhealthy::FailClosed,
             },
+            model: None,
+            cost: None,
             ecs: gslb.ecs,
             why: gslb.why,
         }

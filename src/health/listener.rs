@@ -317,6 +317,7 @@ impl SteeringFeed {
             view.update(
                 &ledger,
                 snapshot.config.regions.iter().map(|region| &*region.id),
+                &super::view::ProbeVerdicts::new(),
                 now,
             )
         };

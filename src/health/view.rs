@@ -122,6 +122,18 @@ impl Track {
     }
 }
 
+/// What the DNS node's own probe of a region's relay found (QUIC handshake and HTTPS
+/// `/health`), after its own consecutive-failure threshold. Only consulted for regions
+/// without a fresh report: a silent region is down only when it is also unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeVerdict {
+    Reachable,
+    Unreachable,
+}
+
+/// Probe verdicts by region id; a region absent here has not been probed (yet).
+pub type ProbeVerdicts = HashMap<Arc<str>, ProbeVerdict>;
+
 /// The hysteresis state of every region the node has heard of.
 #[derive(Debug)]
 pub struct HealthView {
@@ -138,18 +150,23 @@ impl HealthView {
     }
 
     /// Counts the reports that arrived since the last call and returns the health of each of
-    /// `regions` (the configured region ids, in config order) at `now`.
+    /// `regions` (the configured region ids, in config order) at `now`. A region without a
+    /// fresh report is unknown, or down when `probes` says its relay is unreachable.
     pub fn update<'a>(
         &mut self,
         ledger: &ReportLedger,
         regions: impl IntoIterator<Item = &'a str>,
+        probes: &ProbeVerdicts,
         now: Instant,
     ) -> Vec<Health> {
         regions
             .into_iter()
             .map(|region| {
                 let Some(report) = ledger.fresh(region, now) else {
-                    return Health::Unknown;
+                    return match probes.get(region) {
+                        Some(ProbeVerdict::Unreachable) => Health::Down,
+                        Some(ProbeVerdict::Reachable) | None => Health::Unknown,
+                    };
                 };
                 // A fresh report has an age; `now - age` is its receive time exactly.
                 let received_at = ledger.age(region, now).and_then(|age| now.checked_sub(age));
@@ -238,7 +255,8 @@ mod tests {
         }
 
         fn health(&mut self) -> Health {
-            self.view.update(&self.ledger, ["eu-west"], self.now)[0]
+            self.view
+                .update(&self.ledger, ["eu-west"], &ProbeVerdicts::new(), self.now)[0]
         }
     }
 
@@ -360,9 +378,12 @@ mod tests {
     fn regions_are_reported_in_the_order_asked_and_unheard_ones_are_unknown() {
         let mut run = Run::new(Hysteresis::default());
         run.report(S::Degraded, true);
-        let health = run
-            .view
-            .update(&run.ledger, ["us-east", "eu-west", "ap-south"], run.now);
+        let health = run.view.update(
+            &run.ledger,
+            ["us-east", "eu-west", "ap-south"],
+            &ProbeVerdicts::new(),
+            run.now,
+        );
         assert_eq!(health, [Health::Unknown, Degraded, Health::Unknown]);
     }
 

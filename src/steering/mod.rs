@@ -222,7 +222,9 @@ struct Compiled {
 pub struct SteeringTable {
     compiled: Arc<Compiled>,
     statuses: Vec<RegionStatus>,
-    /// Effective TTL per policy under `statuses`.
+    /// The operator's cap on every answer TTL (drill ramp-down), if set.
+    max_ttl: Option<u32>,
+    /// Effective TTL per policy under `statuses` and `max_ttl`.
     ttls: Vec<u32>,
 }
 
@@ -276,7 +278,9 @@ impl SteeringTable {
                     _ if candidates.len() <= 1 => PolicyOrdering::Fixed(Basis::SingleCandidate),
                     SteeringMode::Failover => PolicyOrdering::Fixed(Basis::Failover),
                     SteeringMode::Weighted => PolicyOrdering::Weighted,
-                    SteeringMode::GeoMap(map) => {
+                    // Until latency data is wired in, latency mode orders by its fallback.
+                    SteeringMode::GeoMap(map)
+                    | SteeringMode::Latency(crate::config::model::LatencyFallback::GeoMap(map)) => {
                         let key = geo_map_key(map, candidates);
                         let map = maps.entry(key).or_insert_with(|| {
                             let preference = GeoMapPreference { map, candidates };
@@ -284,7 +288,8 @@ impl SteeringTable {
                         });
                         PolicyOrdering::Map(Arc::clone(map))
                     }
-                    SteeringMode::Nearest => {
+                    SteeringMode::Nearest
+                    | SteeringMode::Latency(crate::config::model::LatencyFallback::Nearest) => {
                         let key = MapKey::Nearest {
                             candidates: candidates.to_vec(),
                         };
@@ -313,34 +318,51 @@ impl SteeringTable {
 
         let compiled = Arc::new(Compiled { policies, regions });
         let statuses = region_statuses(config, operator, &[]);
-        Self::assemble(compiled, statuses)
+        Self::assemble(compiled, statuses, operator.max_ttl)
     }
 
     /// The same compiled policies with new region statuses (indexed by [`RegionIdx`]; see
     /// [`region_statuses`]). Cheap: client maps are shared, not rebuilt, so the health plane
     /// can call this on every flip.
     pub fn with_statuses(&self, statuses: Vec<RegionStatus>) -> SteeringTable {
-        Self::assemble(Arc::clone(&self.compiled), statuses)
+        Self::assemble(Arc::clone(&self.compiled), statuses, self.max_ttl)
     }
 
-    fn assemble(compiled: Arc<Compiled>, statuses: Vec<RegionStatus>) -> SteeringTable {
+    /// The same table with the operator's TTL cap replaced (statuses unchanged).
+    pub fn with_max_ttl(&self, max_ttl: Option<u32>) -> SteeringTable {
+        Self::assemble(Arc::clone(&self.compiled), self.statuses.clone(), max_ttl)
+    }
+
+    /// The operator's TTL cap in force, if any.
+    pub fn max_ttl(&self) -> Option<u32> {
+        self.max_ttl
+    }
+
+    fn assemble(
+        compiled: Arc<Compiled>,
+        statuses: Vec<RegionStatus>,
+        max_ttl: Option<u32>,
+    ) -> SteeringTable {
         let ttls = compiled
             .policies
             .iter()
             .map(|p| {
-                if p.candidates
+                let ttl = if p
+                    .candidates
                     .iter()
                     .any(|&r| status_of(&statuses, r).lowers_ttl())
                 {
                     (p.ttl / 2).max(1)
                 } else {
                     p.ttl
-                }
+                };
+                max_ttl.map_or(ttl, |cap| ttl.min(cap.max(1)))
             })
             .collect();
         SteeringTable {
             compiled,
             statuses,
+            max_ttl,
             ttls,
         }
     }

@@ -39,6 +39,9 @@ fn region(id: &str, at: Coordinates, endpoints: Endpoints, capacity: u32) -> Reg
         coordinates: at,
         endpoints,
         capacity,
+        cost: 1.0,
+        models: Vec::new(),
+        probe: None,
     }
 }
 
@@ -61,6 +64,10 @@ fn empty_config(regions: Vec<Region>) -> DnsConfig {
         overrides: Vec::new(),
         operator_state_file: None,
         metrics_listen: None,
+        health: None,
+        admin: None,
+        anycast: None,
+        rrl: None,
     }
 }
 
@@ -83,6 +90,8 @@ fn policy(mode: SteeringMode, candidates: &[u16]) -> SteeringPolicy {
         when_all_unhealthy: AllUnhealthy::FailOpen,
         ecs: true,
         why: true,
+        model: None,
+        cost: None,
     }
 }
 

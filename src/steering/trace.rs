@@ -225,6 +225,7 @@ impl Trace {
                 SteeringMode::Nearest => "nearest",
                 SteeringMode::Weighted => "weighted",
                 SteeringMode::Failover => "failover",
+                SteeringMode::Latency(_) => "latency",
             };
             let unhealthy = match g.policy.when_all_unhealthy {
                 AllUnhealthy::FailOpen => "fail-open",
