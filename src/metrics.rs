@@ -230,6 +230,30 @@ impl Metrics {
     }
 }
 
+/// Anything that contributes series to a `/metrics` scrape (the DNS metrics, the health
+/// plane, the admin API). Each source writes complete Prometheus text exposition families
+/// (without the final `# EOF`), so scrapes concatenate sources.
+pub trait MetricsSource: Send + Sync {
+    fn encode_into(&self, out: &mut String);
+}
+
+impl MetricsSource for Metrics {
+    fn encode_into(&self, out: &mut String) {
+        let text = self.encode();
+        out.push_str(text.strip_suffix("# EOF\n").unwrap_or(&text));
+    }
+}
+
+/// One exposition text from several sources, terminated once.
+pub fn encode_all(sources: &[Arc<dyn MetricsSource>]) -> String {
+    let mut text = String::new();
+    for source in sources {
+        source.encode_into(&mut text);
+    }
+    text.push_str("# EOF\n");
+    text
+}
+
 fn rcode_name(rcode: hickory_proto::op::ResponseCode) -> &'static str {
     use hickory_proto::op::ResponseCode as R;
     match rcode {

@@ -1,7 +1,7 @@
 //! The DNS node's end of the health channel (design §4): accepts relays' QUIC connections with
 //! mutual TLS, reads one report frame per unidirectional stream, and hands each to the ledger
-//! under the region of the relay's certificate; and [`SteeringFeed`], which turns the ledger
-//! into region health in the serving snapshot.
+//! under the region of the relay's certificate ([`super::feed`] turns the ledger into region
+//! health in the serving snapshot).
 //!
 //! Everything a peer can send is bounded before it is buffered: connections by
 //! [`ListenerLimits::max_connections`] (more are refused), streams per connection by QUIC's own
@@ -31,9 +31,7 @@ use super::{
     frame::{self, Frame, HEADER_LEN, MAX_FRAME_BYTES},
     ledger::{ReportLedger, Session},
     pki::{self, PemPair, PkiError},
-    view::HealthView,
 };
-use crate::snapshot::SnapshotStore;
 
 /// Application close code for a connection whose certificate names no region.
 const CLOSE_NO_REGION: VarInt = VarInt::from_u32(1);
@@ -282,63 +280,4 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Keeps the serving snapshot's region health in step with the ledger: computes the health of
-/// every configured region through a [`HealthView`] and publishes it when it changed.
-pub struct SteeringFeed {
-    ledger: Arc<Mutex<ReportLedger>>,
-    view: Mutex<HealthView>,
-    store: Arc<SnapshotStore>,
-}
-
-impl SteeringFeed {
-    pub fn new(
-        ledger: Arc<Mutex<ReportLedger>>,
-        view: HealthView,
-        store: Arc<SnapshotStore>,
-    ) -> SteeringFeed {
-        SteeringFeed {
-            ledger,
-            view: Mutex::new(view),
-            store,
-        }
-    }
-
-    /// Recomputes health at `now` and publishes it if it changed; returns whether it did.
-    /// Call it after every accepted report, and periodically so that silence turns into
-    /// unknown.
-    pub fn refresh(&self, now: Instant) -> bool {
-        let snapshot = self.store.load_full();
-        let health = {
-            // Always ledger, then view: the listener takes only the ledger.
-            let ledger = lock(&self.ledger);
-            let mut view = lock(&self.view);
-            view.update(
-                &ledger,
-                snapshot.config.regions.iter().map(|region| &*region.id),
-                &super::view::ProbeVerdicts::new(),
-                now,
-            )
-        };
-        self.store.update_health(&health)
-    }
-
-    /// Refreshes every `period` until `shutdown` turns true.
-    pub async fn run_periodic(
-        self: Arc<Self>,
-        period: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {
-                    self.refresh(Instant::now());
-                }
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-        }
-    }
 }

@@ -10,12 +10,14 @@
 //!   with backoff.
 //! - [`listener`]: the DNS node's end: mutual-TLS connections, bounded report streams into the
 //!   ledger, and the feed that publishes region health into the serving snapshot.
+//! - [`feed`]: publishes the view into the serving snapshot.
 //! - [`view`]: region health from the ledger, with hysteresis (pure).
 //!
 //! The region a report is about is always the one in the sender's certificate
 //! ([`pki::peer_region`]); the body's `region` field is only checked against it.
 
 pub(crate) mod der;
+pub mod feed;
 pub mod frame;
 pub mod ledger;
 pub mod listener;
@@ -23,12 +25,13 @@ pub mod pki;
 pub mod sender;
 pub mod view;
 
+pub use feed::SteeringFeed;
 pub use frame::{
     Frame, FrameError, ReceivedReport, ReportFrame, ReportedState, decode, encode, encode_report,
 };
 pub use ledger::{LedgerCounters, ReportLedger, ReportRejected, Session};
 pub use listener::{
-    ListenerCounters, ListenerError, ListenerLimits, SteeringFeed, listener_endpoint, run_listener,
+    ListenerCounters, ListenerError, ListenerLimits, listener_endpoint, run_listener,
 };
 pub use sender::{Backoff, HealthNode, HealthSenderConfig, SenderError, run_sender};
 pub use view::{HealthView, Hysteresis};
