@@ -8,26 +8,23 @@ use std::{
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::{
     config,
-    dns::server::{self, Listeners, ServerLimits},
+    dns::node::{DnsNode, NodeOptions},
     geo::{self, GeoDb},
-    metrics::{self, Metrics},
     operator_state::OperatorState,
     relay::{
         config::{self as relay_config, ConfigKind},
         server::{RelayHandle, StartError},
         tls,
     },
-    reload,
     snapshot::{Snapshot, SnapshotStore},
     zone::Zone,
 };
@@ -75,6 +72,9 @@ pub enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+    /// The whole system on loopback: a DNS node, three regions of relays with simulated
+    /// backends, certificates made on the fly. Prints what to try.
+    Demo(crate::demo::DemoArgs),
     /// Run a simulated OpenAI-compatible LLM backend (tests, demos, benchmarks).
     SimBackend(crate::sim_backend::SimBackendArgs),
     /// Validate a configuration (DNS or relay) and the files it names, without binding anything.
@@ -153,6 +153,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config_path(config)),
         Command::Relay { config, ready_file } => run_relay(&config, ready_file),
         Command::SimBackend(args) => crate::sim_backend::run(args),
+        Command::Demo(args) => crate::demo::run(args),
         Command::Geoip {
             command: GeoipCommand::Build { csv, out },
         } => build_geoip(&csv, &out),
@@ -237,73 +238,41 @@ async fn serve_dns(
     ready_file: Option<PathBuf>,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let snapshot = store.load_full();
-    let addresses = if overrides.listen.is_empty() {
-        snapshot.config.listen.clone()
-    } else {
-        overrides.listen
-    };
-    let listeners = Listeners::bind(&addresses).await?;
-    let metrics = Arc::new(Metrics::new());
-    metrics.reload_loaded(snapshot.generation);
-    let (shutdown_tx, shutdown) = watch::channel(false);
-
-    let metrics_listener = match overrides.metrics_listen.or(snapshot.config.metrics_listen) {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot bind metrics listener {address}"))?,
-        ),
-        None => None,
-    };
-    let ready = ReadyFile {
-        udp: listeners.udp_addresses()?,
-        tcp: listeners.tcp_addresses()?,
-        metrics: metrics_listener.as_ref().and_then(metrics::describe),
-        pid: std::process::id(),
-        generation: snapshot.generation,
-    };
-    let limits = ServerLimits {
-        tcp_idle_timeout: Duration::from_millis(snapshot.config.limits.tcp_idle_timeout_ms),
-        max_tcp_connections: snapshot.config.limits.max_tcp_connections,
-    };
-    drop(snapshot);
-
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(listener) = metrics_listener {
-        tasks.spawn(metrics::serve_metrics(
-            listener,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
-    tasks.spawn(reload::run(
-        store.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    tasks.spawn(server::serve(
-        listeners,
-        store.clone(),
-        metrics.clone(),
-        limits,
-        shutdown.clone(),
-    ));
+    let generation = store.load().generation;
+    let node = DnsNode::start(
+        store,
+        NodeOptions {
+            listen: overrides.listen,
+            metrics_listen: overrides.metrics_listen,
+        },
+    )
+    .await?;
+    let addresses = &node.addresses;
     info!(
-        udp = ?ready.udp,
-        tcp = ?ready.tcp,
-        metrics = ?ready.metrics,
+        udp = ?addresses.udp,
+        tcp = ?addresses.tcp,
+        metrics = ?addresses.metrics,
+        admin = ?addresses.admin,
+        health = ?addresses.health,
         startup_ms = started.elapsed().as_millis() as u64,
         "serving"
     );
+    let ready = ReadyFile {
+        udp: addresses.udp.clone(),
+        tcp: addresses.tcp.clone(),
+        metrics: addresses.metrics,
+        admin: addresses.admin,
+        health: addresses.health,
+        pid: std::process::id(),
+        generation,
+    };
     if let Some(path) = &ready_file {
         ready.write(path)?;
     }
 
     wait_for_termination().await;
     info!("shutting down");
-    let _ = shutdown_tx.send(true);
-    while tasks.join_next().await.is_some() {}
+    node.shutdown().await;
     if let Some(path) = &ready_file {
         let _ = std::fs::remove_file(path);
     }
@@ -394,6 +363,8 @@ struct ReadyFile {
     udp: Vec<SocketAddr>,
     tcp: Vec<SocketAddr>,
     metrics: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    health: Option<SocketAddr>,
     pid: u32,
     generation: u64,
 }

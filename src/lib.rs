@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod dns;
 pub mod geo;
 pub mod health;

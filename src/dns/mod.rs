@@ -2,5 +2,6 @@
 //! listeners ([`server`]). hickory-proto does the wire format of names and records; the
 //! transport and the bytes-in → bytes-out path are ours (see `handler` for why).
 pub mod handler;
+pub mod node;
 pub mod server;
 pub mod wire;
