@@ -62,6 +62,10 @@ pub enum Command {
         /// Write a JSON object with the bound addresses here once serving.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// With `[anycast]`: keep answering this long after the route is withdrawn on
+        /// shutdown, before the listeners close.
+        #[arg(long, default_value_t = crate::anycast::DEFAULT_WITHDRAW_LINGER.as_millis() as u64)]
+        withdraw_linger_ms: u64,
     },
     /// Run a relay: HTTPS (h1/h2) and HTTP/3 in front of one region's LLM backends.
     Relay {
@@ -72,6 +76,10 @@ pub enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+    /// Operate a DNS node through its admin API: status, drain, undrain, weights, TTL cap.
+    Ctl(crate::admin::ctl::CtlArgs),
+    /// Drain (or take out) regions, measure how answers and traffic move, restore, report.
+    Drill(Box<crate::drill::DrillArgs>),
     /// The whole system on loopback: a DNS node, three regions of relays with simulated
     /// backends, certificates made on the fly. Prints what to try.
     Demo(crate::demo::DemoArgs),
@@ -134,7 +142,15 @@ pub enum GeoipCommand {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64 (EX_USAGE) like every other invalid input; --help and --version
+    // still exit 0 through clap.
+    let cli = Cli::try_parse().unwrap_or_else(|error| {
+        if error.use_stderr() {
+            let _ = error.print();
+            std::process::exit(i32::from(EXIT_INVALID));
+        }
+        error.exit()
+    });
     init_logging(cli.log_json);
     match cli.command {
         Command::Dns {
@@ -142,11 +158,13 @@ pub fn main() -> ExitCode {
             listen,
             metrics_listen,
             ready_file,
+            withdraw_linger_ms,
         } => run_dns(
             &config_path(config),
             Overrides {
                 listen,
                 metrics_listen,
+                withdraw_linger: std::time::Duration::from_millis(withdraw_linger_ms),
             },
             ready_file,
         ),
@@ -154,6 +172,8 @@ pub fn main() -> ExitCode {
         Command::Relay { config, ready_file } => run_relay(&config, ready_file),
         Command::SimBackend(args) => crate::sim_backend::run(args),
         Command::Demo(args) => crate::demo::run(args),
+        Command::Ctl(args) => crate::admin::ctl::run(args),
+        Command::Drill(args) => crate::drill::run(*args),
         Command::Geoip {
             command: GeoipCommand::Build { csv, out },
         } => build_geoip(&csv, &out),
@@ -201,6 +221,7 @@ fn config_path(given: Option<PathBuf>) -> PathBuf {
 struct Overrides {
     listen: Vec<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
+    withdraw_linger: std::time::Duration,
 }
 
 fn run_dns(config: &Path, overrides: Overrides, ready_file: Option<PathBuf>) -> ExitCode {
@@ -244,6 +265,7 @@ async fn serve_dns(
         NodeOptions {
             listen: overrides.listen,
             metrics_listen: overrides.metrics_listen,
+            withdraw_linger: overrides.withdraw_linger,
         },
     )
     .await?;
@@ -316,7 +338,7 @@ fn run_relay(config_path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
         let grace = config.timeouts.total;
         let mut relay = match RelayHandle::start(config).await {
             Ok(relay) => relay,
-            Err(error @ StartError::Tls(_)) => {
+            Err(error @ (StartError::Tls(_) | StartError::HealthChannel(_))) => {
                 eprintln!("meridian: {error}");
                 return ExitCode::from(EXIT_INVALID);
             }
@@ -401,6 +423,12 @@ fn check_relay(config_path: &Path) -> ExitCode {
         eprintln!("{}: 1 problem(s) found", config_path.display());
         return ExitCode::from(EXIT_INVALID);
     }
+    // `[relay.health_channel]`: the files load and the certificate names `relay.region`.
+    if let Err(error) = crate::health::HealthSenderConfig::from_relay(&config) {
+        eprintln!("{}: {error}", config_path.display());
+        eprintln!("{}: 1 problem(s) found", config_path.display());
+        return ExitCode::from(EXIT_INVALID);
+    }
     println!(
         "{}: ok — relay for region {}, {} backend(s), TLS certificate loaded",
         config_path.display(),
@@ -441,6 +469,13 @@ fn check_dns(config_path: &Path) -> ExitCode {
     {
         problems.push(error.to_string());
     }
+    let mut notes = Vec::new();
+    if let Some(anycast) = &config.anycast {
+        match crate::anycast::check_blocking(anycast) {
+            Ok(outcome) => notes.push(outcome.to_string()),
+            Err(error) => problems.push(format!("anycast: {error}")),
+        }
+    }
     if problems.is_empty() {
         // Cross-file rules (GSLB names against zone data) need everything loaded.
         if let Err(error) = Snapshot::build(config.clone(), 0) {
@@ -467,6 +502,9 @@ fn check_dns(config_path: &Path) -> ExitCode {
         config.gslb.len(),
         geo_summary
     );
+    for note in notes {
+        println!("  {note}");
+    }
     ExitCode::SUCCESS
 }
 

@@ -16,10 +16,13 @@
 // The one exception is the GeoIP memory map (see `geo::reader`), as the issue requires mmap.
 #![deny(unsafe_code)]
 
+pub mod admin;
+pub mod anycast;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod drill;
 pub mod geo;
 pub mod health;
 pub mod metrics;

@@ -8,9 +8,10 @@
 //!
 //! Health flips do not rebuild anything: [`SnapshotStore::update_health`] publishes a copy of
 //! the current generation that shares its zones, GeoIP reader, name maps and client maps and
-//! differs only in the steering table's region statuses. The latest health is kept in the
-//! store, so a reload publishes the new generation with it rather than with all regions
-//! unknown.
+//! differs only in the steering table's region statuses, latency table and weight ramps. The
+//! latest [`LiveHealth`] (keyed by region id) is kept in the store, so a reload publishes the
+//! new generation with it rather than with all regions unknown, and an update computed
+//! against an older generation's region list still lands on the right regions.
 
 use std::{
     collections::HashMap,
@@ -29,7 +30,7 @@ use crate::{
     config::{self, ConfigError, model::DnsConfig},
     geo::{GeoDb, GeoError},
     operator_state::{OperatorState, OperatorStateError},
-    steering::{Health, PolicyIdx, SteeringTable, region_statuses},
+    steering::{LiveHealth, PolicyIdx, SteeringTable, region_statuses_live},
     zone::{Zone, ZoneError, Zones},
 };
 
@@ -170,54 +171,36 @@ impl Snapshot {
         })
     }
 
-    /// The same generation with `health` (by region id; absent regions are unknown) in the
-    /// steering table. Cheap: everything but the region statuses is shared.
-    fn with_health(&self, health: &HashMap<Arc<str>, Health>) -> Snapshot {
-        let by_index: Vec<Health> = self
-            .config
-            .regions
-            .iter()
-            .map(|region| health.get(&region.id).copied().unwrap_or_default())
-            .collect();
+    /// The same generation with `live` (by region id; absent regions are unknown) in the
+    /// steering table, weight ramps re-targeted at `now`. Cheap: everything but the region
+    /// statuses is shared.
+    fn with_health(&self, live: &LiveHealth, now: Instant) -> Snapshot {
+        self.with_operator(self.operator.clone(), live, now)
+    }
+
+    /// The same generation with `operator` and `live`: statuses, weight ramps and TTL cap are
+    /// recomputed, everything else is shared.
+    fn with_operator(&self, operator: OperatorState, live: &LiveHealth, now: Instant) -> Snapshot {
+        let (regions, latency) = live.for_config(&self.config);
+        let steering = self
+            .steering
+            .with_live(
+                region_statuses_live(&self.config, &operator, &regions),
+                latency,
+                now,
+            )
+            .with_max_ttl(operator.max_ttl);
         Snapshot {
             generation: self.generation,
             config: Arc::clone(&self.config),
             zones: Arc::clone(&self.zones),
             geo: self.geo.clone(),
-            operator: self.operator.clone(),
-            steering: self.steering.with_statuses(region_statuses(
-                &self.config,
-                &self.operator,
-                &by_index,
-            )),
+            operator,
+            steering,
             gslb_by_name: Arc::clone(&self.gslb_by_name),
             why_by_name: Arc::clone(&self.why_by_name),
             gslb_labels: Arc::clone(&self.gslb_labels),
         }
-    }
-
-    /// The same generation with a new operator state: statuses and TTL cap are recomputed,
-    /// everything else is shared. `health` is the health plane's current view by region id.
-    fn with_operator(
-        &self,
-        operator: OperatorState,
-        health: &HashMap<Arc<str>, Health>,
-    ) -> Snapshot {
-        let mut next = Snapshot {
-            operator,
-            ..self.with_health(health)
-        };
-        let by_index: Vec<Health> = next
-            .config
-            .regions
-            .iter()
-            .map(|region| health.get(&region.id).copied().unwrap_or_default())
-            .collect();
-        next.steering = next
-            .steering
-            .with_statuses(region_statuses(&next.config, &next.operator, &by_index))
-            .with_max_ttl(next.operator.max_ttl);
-        next
     }
 
     /// GSLB names as text, by policy index.
@@ -254,7 +237,7 @@ pub struct SnapshotStore {
     /// lock and applies it, so a health update and a reload finishing at the same moment can
     /// neither lose the new generation nor the new health. Held only for a cheap copy, never
     /// during a build.
-    health: Mutex<HashMap<Arc<str>, Health>>,
+    health: Mutex<LiveHealth>,
 }
 
 /// Why an operator change was not applied.
@@ -285,7 +268,7 @@ impl SnapshotStore {
             config_path: config_path.to_path_buf(),
             next_generation: AtomicU64::new(2),
             reload_lock: Mutex::new(()),
-            health: Mutex::new(HashMap::new()),
+            health: Mutex::new(LiveHealth::default()),
         })
     }
 
@@ -297,7 +280,7 @@ impl SnapshotStore {
             config_path: config_path.to_path_buf(),
             next_generation: AtomicU64::new(next),
             reload_lock: Mutex::new(()),
-            health: Mutex::new(HashMap::new()),
+            health: Mutex::new(LiveHealth::default()),
         }
     }
 
@@ -320,10 +303,11 @@ impl SnapshotStore {
         match Snapshot::load(&self.config_path, generation) {
             Ok(snapshot) => {
                 let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-                let snapshot = if health.is_empty() {
+                let snapshot = if health.ids.is_empty() {
                     snapshot
                 } else {
-                    snapshot.with_health(&health)
+                    // The new generation's ramps start settled: a reload is a fresh start.
+                    snapshot.with_health(&health, Instant::now())
                 };
                 self.current.store(Arc::new(snapshot));
                 ReloadOutcome::Loaded {
@@ -335,31 +319,20 @@ impl SnapshotStore {
         }
     }
 
-    /// Publishes the current generation with `health`, indexed like the current config's
-    /// regions (regions past its end are unknown). Returns whether anything changed; an
-    /// unchanged vector publishes nothing, so queries keep their cached snapshot. The
-    /// generation number stays: it counts configurations, not health flips.
-    pub fn update_health(&self, health: &[Health]) -> bool {
-        // Poisoning would mean a panic while copying a snapshot; the map itself stays valid.
+    /// Publishes the current generation with `live` (keyed by region id: it may have been
+    /// computed against an older generation's region list) and re-targets weight ramps at
+    /// `now`. Returns whether anything changed; an unchanged view publishes nothing, so
+    /// queries keep their cached snapshot. The generation number stays: it counts
+    /// configurations, not health flips.
+    pub fn update_health(&self, live: LiveHealth, now: Instant) -> bool {
+        // Poisoning would mean a panic while copying a snapshot; the view itself stays valid.
         let mut latest = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.current.load_full();
-        let by_id: HashMap<Arc<str>, Health> = current
-            .config
-            .regions
-            .iter()
-            .enumerate()
-            .map(|(i, region)| {
-                (
-                    Arc::clone(&region.id),
-                    health.get(i).copied().unwrap_or_default(),
-                )
-            })
-            .collect();
-        if *latest == by_id {
+        if *latest == live {
             return false;
         }
-        let snapshot = current.with_health(&by_id);
-        *latest = by_id;
+        let current = self.current.load_full();
+        let snapshot = current.with_health(&live, now);
+        *latest = live;
         self.current.store(Arc::new(snapshot));
         true
     }
@@ -374,12 +347,71 @@ impl SnapshotStore {
             return Err(OperatorUpdateError::NotConfigured);
         };
         operator.save(path)?;
-        let snapshot = current.with_operator(operator, &latest);
+        // The IO shell: operator actions carry no time of their own.
+        let snapshot = current.with_operator(operator, &latest, Instant::now());
         self.current.store(Arc::new(snapshot));
         Ok(())
     }
 
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steering::{Health, RegionLive};
+
+    fn bundled() -> SnapshotStore {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/meridian.toml");
+        SnapshotStore::open(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A view computed against a region list in another order (a reload in between) lands on
+    /// the regions it names, and an unchanged view publishes nothing.
+    #[test]
+    fn health_updates_apply_by_region_id() {
+        let store = bundled();
+        let down = RegionLive {
+            health: Health::Down,
+            spilling: false,
+            headroom: Some(0.0),
+            report_received: None,
+        };
+        let spilling = RegionLive {
+            health: Health::Up,
+            spilling: true,
+            headroom: Some(0.01),
+            report_received: None,
+        };
+        let live = LiveHealth {
+            ids: vec!["ap-south".into(), "eu-west".into(), "gone".into()],
+            regions: vec![spilling, down, down],
+            latency: Arc::default(),
+        };
+        let now = Instant::now();
+        assert!(store.update_health(live.clone(), now));
+        assert!(
+            !store.update_health(live, now),
+            "unchanged: nothing published"
+        );
+
+        let snapshot = store.load_full();
+        let status = |id: &str| {
+            let idx = snapshot.config.region_by_id(id).unwrap();
+            *snapshot.steering.region_status(idx)
+        };
+        assert_eq!(status("eu-west").health, Health::Down);
+        assert!(status("ap-south").spilling);
+        assert_eq!(status("ap-south").headroom, Some(0.01));
+        assert_eq!(status("us-east").health, Health::Unknown);
+        assert_eq!(snapshot.generation, 1);
+
+        // A reload keeps the latest view.
+        assert!(matches!(store.reload(), ReloadOutcome::Loaded { .. }));
+        let reloaded = store.load_full();
+        let idx = reloaded.config.region_by_id("eu-west").unwrap();
+        assert_eq!(reloaded.steering.region_status(idx).health, Health::Down);
     }
 }

@@ -568,7 +568,7 @@ fn assert_locked_down(deployment: &str, port: u16) {
 
 /// Directives the units may use: a misspelt one is only a warning to systemd, and the
 /// sandboxing it was meant to add silently missing.
-const KNOWN_DIRECTIVES: [&str; 43] = [
+const KNOWN_DIRECTIVES: [&str; 44] = [
     "Description",
     "Documentation",
     "After",
@@ -578,6 +578,7 @@ const KNOWN_DIRECTIVES: [&str; 43] = [
     "ExecStart",
     "ExecReload",
     "Restart",
+    "ExecStopPost",
     "RestartSec",
     "KillSignal",
     "KillMode",

@@ -174,6 +174,32 @@ pub enum Problem {
     #[error("`{code}` is not an ISO 3166-2 subdivision code: use CC-XXX, e.g. US-CA")]
     InvalidSubdivision { code: String },
 
+    #[error(
+        "no candidate region serves model `{model}`: a region serves it when its `models` list is empty or names it"
+    )]
+    ModelNotServed { model: String },
+    #[error("`latency_fallback` only applies to mode = \"latency\", not \"{mode}\"")]
+    LatencyFallbackForbidden { mode: String },
+    #[error("write exactly one of `within_km` and `within_ms`")]
+    CostBudgetChoice,
+    #[error(
+        "cost-aware steering applies to client-dependent modes (geo, nearest, latency), not \"{mode}\""
+    )]
+    CostForbidden { mode: String },
+
+    // --- Health channel, probes, admin. ---
+    /// `value` must be below the value of `other` (its field path), `other_value`.
+    #[error("{value} must be below `{other}` ({other_value})")]
+    NotBelowField {
+        value: f64,
+        other: String,
+        other_value: f64,
+    },
+    #[error("`{name}` is not a valid TLS server name")]
+    InvalidServerName { name: String },
+    #[error("a probe needs its own `ca` when there is no [health] section to take it from")]
+    ProbeCaRequired,
+
     // --- Overrides. ---
     #[error("{network} has host bits set; did you mean {truncated}?")]
     HostBitsSet { network: IpNet, truncated: IpNet },

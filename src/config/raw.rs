@@ -32,6 +32,14 @@ pub struct RawDnsConfig {
     pub gslb: Vec<RawGslb>,
     #[serde(default, rename = "override")]
     pub overrides: Vec<RawOverride>,
+    #[serde(default)]
+    pub health: Option<RawHealth>,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub anycast: Option<RawAnycast>,
+    #[serde(default)]
+    pub rrl: Option<RawRateLimit>,
 }
 
 /// `[server]`: listeners and transport limits.
@@ -111,6 +119,26 @@ pub struct RawRegion {
     pub cname: Option<String>,
     #[serde(default = "default_capacity")]
     pub capacity: i64,
+    #[serde(default = "default_cost")]
+    pub cost: f64,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub probe: Option<RawRelayProbe>,
+}
+
+pub fn default_cost() -> f64 {
+    1.0
+}
+
+/// `[region.probe]`: where the DNS node's own probe reaches the region's relay.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelayProbe {
+    pub address: String,
+    pub server_name: String,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 pub fn default_capacity() -> i64 {
@@ -138,6 +166,33 @@ pub struct RawGslb {
     pub why: bool,
     #[serde(default)]
     pub geo: Option<RawGeoMap>,
+    /// The model pool the name is bound to.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Only with `mode = "latency"`: the ordering used where there is no latency data.
+    #[serde(default)]
+    pub latency_fallback: Option<RawLatencyFallback>,
+    #[serde(default)]
+    pub cost: Option<RawCost>,
+}
+
+/// `latency_fallback` of a `mode = "latency"` name.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLatencyFallback {
+    Geo,
+    Nearest,
+}
+
+/// `cost = { within_km = … }` or `cost = { within_ms = … }`; exactly one of the two
+/// (checked by the validator, which can say which field is at fault).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawCost {
+    #[serde(default)]
+    pub within_km: Option<f64>,
+    #[serde(default)]
+    pub within_ms: Option<f64>,
 }
 
 pub fn default_answers() -> i64 {
@@ -161,6 +216,7 @@ pub enum RawMode {
     Nearest,
     Weighted,
     Failover,
+    Latency,
 }
 
 impl RawMode {
@@ -170,6 +226,7 @@ impl RawMode {
             Self::Nearest => "nearest",
             Self::Weighted => "weighted",
             Self::Failover => "failover",
+            Self::Latency => "latency",
         }
     }
 }
@@ -201,4 +258,196 @@ pub struct RawGeoMap {
 pub struct RawOverride {
     pub network: String,
     pub regions: Vec<String>,
+}
+
+/// `[health]`: the relay report channel of this DNS node.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub listen: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default = "default_health_down_after")]
+    pub down_after: i64,
+    #[serde(default = "default_health_up_after")]
+    pub up_after: i64,
+    #[serde(default = "default_max_report_validity_ms")]
+    pub max_report_validity_ms: i64,
+    #[serde(default = "default_refresh_interval_ms")]
+    pub refresh_interval_ms: i64,
+    #[serde(default = "default_health_max_connections")]
+    pub max_connections: i64,
+    #[serde(default)]
+    pub spill: RawSpill,
+    #[serde(default)]
+    pub probe: RawProbe,
+}
+
+// Two bad reports (about two seconds at the default interval) take a region out; three good
+// ones bring it back, so a flapping relay does not make answers flap.
+pub fn default_health_down_after() -> i64 {
+    2
+}
+
+pub fn default_health_up_after() -> i64 {
+    3
+}
+
+// Ten report intervals: a relay that merely missed a few sends stays fresh.
+pub fn default_max_report_validity_ms() -> i64 {
+    10_000
+}
+
+// Well below a report interval, so silence turns into "unknown" promptly.
+pub fn default_refresh_interval_ms() -> i64 {
+    250
+}
+
+pub fn default_health_max_connections() -> i64 {
+    256
+}
+
+/// `[health.spill]`: capacity spill-over watermarks (headroom fractions).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpill {
+    #[serde(default = "default_spill_trip")]
+    pub trip: f64,
+    #[serde(default = "default_spill_recover")]
+    pub recover: f64,
+    #[serde(default = "default_spill_hold_reports")]
+    pub hold_reports: i64,
+}
+
+impl Default for RawSpill {
+    fn default() -> Self {
+        Self {
+            trip: default_spill_trip(),
+            recover: default_spill_recover(),
+            hold_reports: default_spill_hold_reports(),
+        }
+    }
+}
+
+pub fn default_spill_trip() -> f64 {
+    0.05
+}
+
+pub fn default_spill_recover() -> f64 {
+    0.20
+}
+
+pub fn default_spill_hold_reports() -> i64 {
+    3
+}
+
+/// `[health.probe]`: the node's own probe of regions it has no fresh report from.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    #[serde(default = "default_probe_interval_ms")]
+    pub interval_ms: i64,
+    #[serde(default = "default_probe_timeout_ms")]
+    pub timeout_ms: i64,
+    #[serde(default = "default_probe_down_after")]
+    pub down_after: i64,
+}
+
+impl Default for RawProbe {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_probe_interval_ms(),
+            timeout_ms: default_probe_timeout_ms(),
+            down_after: default_probe_down_after(),
+        }
+    }
+}
+
+pub fn default_probe_interval_ms() -> i64 {
+    2_000
+}
+
+pub fn default_probe_timeout_ms() -> i64 {
+    2_000
+}
+
+pub fn default_probe_down_after() -> i64 {
+    2
+}
+
+/// `[admin]`: the operator HTTP API.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    pub token_file: PathBuf,
+}
+
+// Loopback: the admin API changes what the node answers and must not be reachable by default.
+pub fn default_admin_listen() -> String {
+    "127.0.0.1:9954".to_owned()
+}
+
+/// `[anycast]`: announcement control through BIRD.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnycast {
+    pub bird_socket: PathBuf,
+    pub protocol: String,
+    #[serde(default)]
+    pub max_health_silence_ms: Option<i64>,
+    #[serde(default = "default_anycast_check_interval_ms")]
+    pub check_interval_ms: i64,
+}
+
+pub fn default_anycast_check_interval_ms() -> i64 {
+    1_000
+}
+
+/// `[rrl]`: response-rate limiting.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    #[serde(default = "default_rrl_responses_per_second")]
+    pub responses_per_second: i64,
+    #[serde(default = "default_rrl_burst")]
+    pub burst: i64,
+    #[serde(default = "default_rrl_slip")]
+    pub slip: i64,
+    #[serde(default = "default_rrl_ipv4_prefix")]
+    pub ipv4_prefix: i64,
+    #[serde(default = "default_rrl_ipv6_prefix")]
+    pub ipv6_prefix: i64,
+    #[serde(default = "default_rrl_max_buckets")]
+    pub max_buckets: i64,
+}
+
+// BIND's and Knot's usual starting point: generous for a real resolver, useless for a
+// reflection attack.
+pub fn default_rrl_responses_per_second() -> i64 {
+    20
+}
+
+pub fn default_rrl_burst() -> i64 {
+    20
+}
+
+// Every second limited answer goes out truncated, so a real client behind a spoofed-victim
+// prefix can still retry over TCP.
+pub fn default_rrl_slip() -> i64 {
+    2
+}
+
+pub fn default_rrl_ipv4_prefix() -> i64 {
+    24
+}
+
+pub fn default_rrl_ipv6_prefix() -> i64 {
+    56
+}
+
+pub fn default_rrl_max_buckets() -> i64 {
+    100_000
 }

@@ -107,7 +107,8 @@ fn shipped_example_config_is_valid() {
             "api.example.test.",
             "nearest.example.test.",
             "weighted.example.test.",
-            "failover.example.test."
+            "failover.example.test.",
+            "latency.example.test."
         ]
     );
     assert!(config.gslb.iter().all(|g| g.zone == name("example.test.")));
@@ -136,6 +137,17 @@ fn shipped_example_config_is_valid() {
     assert_eq!(config.gslb[2].policy.mode, SteeringMode::Weighted);
     assert_eq!(config.gslb[3].policy.mode, SteeringMode::Failover);
     assert_eq!(config.gslb[3].policy.candidates, [eu, us, ap]);
+    let latency = &config.gslb[4].policy;
+    assert!(matches!(
+        &latency.mode,
+        SteeringMode::Latency(super::model::LatencyFallback::GeoMap(_))
+    ));
+    assert_eq!(
+        latency.cost,
+        Some(super::model::CostPreference::WithinMs(20.0))
+    );
+    let costs: Vec<f64> = config.regions.iter().map(|r| r.cost).collect();
+    assert_eq!(costs, [1.0, 1.2, 0.8]);
 
     assert_eq!(config.overrides.len(), 1);
     assert_eq!(
@@ -341,6 +353,9 @@ fn each_mistake_is_reported_at_its_field() {
                         "ecs",
                         "why",
                         "geo",
+                        "model",
+                        "latency_fallback",
+                        "cost",
                     ]),
                 },
             ),
@@ -371,6 +386,10 @@ fn each_mistake_is_reported_at_its_field() {
                         "region",
                         "gslb",
                         "override",
+                        "health",
+                        "admin",
+                        "anycast",
+                        "rrl",
                     ]),
                 },
             ),
@@ -392,7 +411,7 @@ fn each_mistake_is_reported_at_its_field() {
                 "gslb[0].mode",
                 Problem::UnknownVariant {
                     value: "closest".into(),
-                    expected: strings(&["geo", "nearest", "weighted", "failover"]),
+                    expected: strings(&["geo", "nearest", "weighted", "failover", "latency"]),
                 },
             ),
         ),
@@ -888,4 +907,536 @@ fn documented_example_is_valid() {
         config.regions[2].endpoints,
         Endpoints::Cname(name("lb.ap-south.example.net."))
     );
+}
+
+/// A `[health]` section with only the required keys, for cases to extend.
+const HEALTH: &str = "[health]\nlisten = \"127.0.0.1:8853\"\nca = \"certs/ca.pem\"\ncert = \"certs/node.pem\"\nkey = \"certs/node-key.pem\"\n";
+
+#[test]
+fn health_plane_keys_parse_with_defaults_and_resolved_paths() {
+    use std::time::Duration;
+
+    use super::model::{
+        AdminApi, Anycast, CostPreference, HealthChannel, LatencyFallback, ProbeSettings,
+        RateLimit, RelayProbe, SpillWatermarks,
+    };
+
+    let text = format!(
+        "{BASE}
+{HEALTH}
+[admin]
+token_file = \"admin.token\"
+
+[anycast]
+bird_socket = \"/run/bird/bird.ctl\"
+protocol = \"anycast_dns\"
+
+[rrl]
+
+[[region]]
+id = \"gpu-west\"
+latitude = 45.6
+longitude = -121.2
+ipv4 = [\"192.0.2.40\"]
+cost = 0.5
+models = [\"llama-3.1-8b\", \"llama-3.1-70b\"]
+probe = {{ address = \"127.0.1.4:8443\", server_name = \"api.example.test\", ca = \"certs/relay-ca.pem\" }}
+
+[[gslb]]
+name = \"latency.example.test.\"
+mode = \"latency\"
+latency_fallback = \"geo\"
+model = \"llama-3.1-70b\"
+cost = {{ within_ms = 20.0 }}
+[gslb.geo]
+default = [\"us-east\"]
+
+[[gslb]]
+name = \"cheap.example.test.\"
+mode = \"nearest\"
+cost = {{ within_km = 2000.0 }}
+
+[[gslb]]
+name = \"fast.example.test.\"
+mode = \"latency\"
+"
+    );
+    let config = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    let folder = Path::new(SOURCE).parent().unwrap();
+    assert_eq!(
+        config.health,
+        Some(HealthChannel {
+            listen: "127.0.0.1:8853".parse().unwrap(),
+            ca: folder.join("certs/ca.pem"),
+            cert: folder.join("certs/node.pem"),
+            key: folder.join("certs/node-key.pem"),
+            down_after: 2,
+            up_after: 3,
+            max_report_validity: Duration::from_secs(10),
+            spill: SpillWatermarks::default(),
+            refresh_interval: Duration::from_millis(250),
+            probe: ProbeSettings::default(),
+            max_connections: 256,
+        })
+    );
+    assert_eq!(
+        config.admin,
+        Some(AdminApi {
+            listen: "127.0.0.1:9954".parse().unwrap(),
+            token_file: folder.join("admin.token"),
+        })
+    );
+    assert_eq!(
+        config.anycast,
+        Some(Anycast {
+            bird_socket: "/run/bird/bird.ctl".into(),
+            protocol: "anycast_dns".into(),
+            max_health_silence: None,
+            check_interval: Duration::from_secs(1),
+        })
+    );
+    assert_eq!(
+        config.rrl,
+        Some(RateLimit {
+            responses_per_second: 20,
+            burst: 20,
+            slip: 2,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+            max_buckets: 100_000,
+        })
+    );
+
+    let gpu = &config.regions[3];
+    assert_eq!(gpu.cost, 0.5);
+    assert_eq!(
+        gpu.models,
+        [
+            std::sync::Arc::<str>::from("llama-3.1-8b"),
+            "llama-3.1-70b".into()
+        ]
+    );
+    assert_eq!(
+        gpu.probe,
+        Some(RelayProbe {
+            address: "127.0.1.4:8443".parse().unwrap(),
+            server_name: "api.example.test".into(),
+            ca: Some(folder.join("certs/relay-ca.pem")),
+        })
+    );
+    // Defaults of the new region keys.
+    assert_eq!(
+        (config.regions[0].cost, config.regions[0].models.len()),
+        (1.0, 0)
+    );
+    assert_eq!(config.regions[0].probe, None);
+
+    let latency = &config.gslb[0].policy;
+    let SteeringMode::Latency(LatencyFallback::GeoMap(map)) = &latency.mode else {
+        panic!("{:?}", latency.mode);
+    };
+    assert_eq!(map.default, [RegionIdx(0)]);
+    assert_eq!(latency.model.as_deref(), Some("llama-3.1-70b"));
+    assert_eq!(latency.cost, Some(CostPreference::WithinMs(20.0)));
+    assert_eq!(
+        config.gslb[1].policy.cost,
+        Some(CostPreference::WithinKm(2000.0))
+    );
+    assert_eq!(
+        config.gslb[2].policy.mode,
+        SteeringMode::Latency(LatencyFallback::Nearest)
+    );
+    assert_eq!(config.gslb[2].policy.model, None);
+}
+
+/// One bad thing per case in the health-plane keys, and the one error it must produce.
+#[test]
+fn health_plane_mistakes_are_reported_at_their_field() {
+    let health = |extra: &str| format!("{HEALTH}{extra}\n");
+    let region = |extra: &str| {
+        format!(
+            "[[region]]\nid = \"gpu\"\nlatitude = 1.0\nlongitude = 1.0\nipv4 = [\"192.0.2.9\"]\n{extra}\n"
+        )
+    };
+    let gslb = |extra: &str| {
+        format!("[[gslb]]\nname = \"api.example.test.\"\nmode = \"nearest\"\n{extra}\n")
+    };
+    let range = |value: i64, min: i64, max: i64| Problem::IntegerOutOfRange { value, min, max };
+    let number =
+        |value: f64, min: f64, min_exclusive: bool, max: Option<f64>| Problem::NumberOutOfRange {
+            value,
+            min,
+            min_exclusive,
+            max,
+        };
+    let cases: Vec<(&str, String, FieldError)> = vec![
+        (
+            "health without a listen address",
+            "[health]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n".into(),
+            error(
+                "health.listen",
+                Problem::MissingKey {
+                    key: "listen".into(),
+                },
+            ),
+        ),
+        (
+            "bad health listen address",
+            HEALTH.replace("127.0.0.1:8853", "localhost"),
+            error(
+                "health.listen",
+                Problem::InvalidAddress {
+                    value: "localhost".into(),
+                    expected: AddressKind::SocketAddr,
+                },
+            ),
+        ),
+        (
+            "health channel on a dns listener",
+            HEALTH.replace("127.0.0.1:8853", "0.0.0.0:5353"),
+            error(
+                "health.listen",
+                Problem::ListenerClash {
+                    address: "0.0.0.0:5353".parse().unwrap(),
+                    other: "server.listen[0]".into(),
+                },
+            ),
+        ),
+        (
+            "empty ca path",
+            HEALTH.replace("certs/ca.pem", ""),
+            error("health.ca", Problem::EmptyPath),
+        ),
+        (
+            "down_after zero",
+            health("down_after = 0"),
+            error("health.down_after", range(0, 1, 100)),
+        ),
+        (
+            "up_after below down_after",
+            health("down_after = 4\nup_after = 3"),
+            error(
+                "health.down_after",
+                Problem::ExceedsField {
+                    value: 4,
+                    other: "health.up_after".into(),
+                    other_value: 3,
+                },
+            ),
+        ),
+        (
+            "report validity too short",
+            health("max_report_validity_ms = 10"),
+            error(
+                "health.max_report_validity_ms",
+                range(10, 100, 3_600_000),
+            ),
+        ),
+        (
+            "refresh interval zero",
+            health("refresh_interval_ms = 0"),
+            error("health.refresh_interval_ms", range(0, 10, 60_000)),
+        ),
+        (
+            "no connections allowed",
+            health("max_connections = 0"),
+            error("health.max_connections", range(0, 1, 65_536)),
+        ),
+        (
+            "trip above one",
+            health("[health.spill]\ntrip = 1.5\nrecover = 0.2"),
+            error("health.spill.trip", number(1.5, 0.0, false, Some(1.0))),
+        ),
+        (
+            "recover negative",
+            health("[health.spill]\ntrip = 0.05\nrecover = -0.1"),
+            error("health.spill.recover", number(-0.1, 0.0, false, Some(1.0))),
+        ),
+        (
+            "trip not below recover",
+            health("[health.spill]\ntrip = 0.3\nrecover = 0.3"),
+            error(
+                "health.spill.trip",
+                Problem::NotBelowField {
+                    value: 0.3,
+                    other: "health.spill.recover".into(),
+                    other_value: 0.3,
+                },
+            ),
+        ),
+        (
+            "hold zero reports",
+            health("[health.spill]\nhold_reports = 0"),
+            error("health.spill.hold_reports", range(0, 1, 100)),
+        ),
+        (
+            "unknown spill key",
+            health("[health.spill]\ntrip_at = 0.1"),
+            error(
+                "health.spill.trip_at",
+                Problem::UnknownKey {
+                    key: "trip_at".into(),
+                    expected: strings(&["trip", "recover", "hold_reports"]),
+                },
+            ),
+        ),
+        (
+            "probe interval too short",
+            health("[health.probe]\ninterval_ms = 5"),
+            error("health.probe.interval_ms", range(5, 100, 3_600_000)),
+        ),
+        (
+            "probe timeout too long",
+            health("[health.probe]\ntimeout_ms = 120000"),
+            error("health.probe.timeout_ms", range(120_000, 100, 60_000)),
+        ),
+        (
+            "probe down_after zero",
+            health("[health.probe]\ndown_after = 0"),
+            error("health.probe.down_after", range(0, 1, 100)),
+        ),
+        (
+            "admin without a token file",
+            "[admin]\nlisten = \"127.0.0.1:9954\"\n".into(),
+            error(
+                "admin.token_file",
+                Problem::MissingKey {
+                    key: "token_file".into(),
+                },
+            ),
+        ),
+        (
+            "admin on the metrics listener",
+            "[server]\nmetrics_listen = \"127.0.0.1:9153\"\n[admin]\nlisten = \"127.0.0.1:9153\"\ntoken_file = \"t\"\n".into(),
+            error(
+                "admin.listen",
+                Problem::ListenerClash {
+                    address: "127.0.0.1:9153".parse().unwrap(),
+                    other: "server.metrics_listen".into(),
+                },
+            ),
+        ),
+        (
+            "anycast without a protocol name",
+            "[anycast]\nbird_socket = \"/run/bird/bird.ctl\"\nprotocol = \" \"\n".into(),
+            error("anycast.protocol", Problem::EmptyList),
+        ),
+        (
+            "anycast silence too short",
+            "[anycast]\nbird_socket = \"b.ctl\"\nprotocol = \"p\"\nmax_health_silence_ms = 10\n"
+                .into(),
+            error(
+                "anycast.max_health_silence_ms",
+                range(10, 1_000, 86_400_000),
+            ),
+        ),
+        (
+            "anycast check interval zero",
+            "[anycast]\nbird_socket = \"b.ctl\"\nprotocol = \"p\"\ncheck_interval_ms = 0\n".into(),
+            error("anycast.check_interval_ms", range(0, 100, 60_000)),
+        ),
+        (
+            "rrl rate zero",
+            "[rrl]\nresponses_per_second = 0\n".into(),
+            error("rrl.responses_per_second", range(0, 1, 1_000_000)),
+        ),
+        (
+            "rrl slip too high",
+            "[rrl]\nslip = 11\n".into(),
+            error("rrl.slip", range(11, 0, 10)),
+        ),
+        (
+            "rrl ipv4 prefix too long",
+            "[rrl]\nipv4_prefix = 33\n".into(),
+            error("rrl.ipv4_prefix", range(33, 1, 32)),
+        ),
+        (
+            "rrl ipv6 prefix zero",
+            "[rrl]\nipv6_prefix = 0\n".into(),
+            error("rrl.ipv6_prefix", range(0, 1, 128)),
+        ),
+        (
+            "rrl no buckets",
+            "[rrl]\nmax_buckets = 0\n".into(),
+            error("rrl.max_buckets", range(0, 1, 100_000_000)),
+        ),
+        (
+            "negative region cost",
+            region("cost = -1.0"),
+            error("region[3].cost", number(-1.0, 0.0, false, None)),
+        ),
+        (
+            "empty model id",
+            region("models = [\"llama\", \"\"]"),
+            error("region[3].models[1]", Problem::EmptyModelId),
+        ),
+        (
+            "model listed twice",
+            region("models = [\"llama\", \"llama\"]"),
+            error(
+                "region[3].models[1]",
+                Problem::Duplicate {
+                    value: "llama".into(),
+                    first: "region[3].models[0]".into(),
+                },
+            ),
+        ),
+        (
+            "bad probe address",
+            format!(
+                "{HEALTH}{}",
+                region("probe = { address = \"relay:8443\", server_name = \"api.example.test\" }")
+            ),
+            error(
+                "region[3].probe.address",
+                Problem::InvalidAddress {
+                    value: "relay:8443".into(),
+                    expected: AddressKind::SocketAddr,
+                },
+            ),
+        ),
+        (
+            "bad probe server name",
+            format!(
+                "{HEALTH}{}",
+                region("probe = { address = \"127.0.0.1:8443\", server_name = \"not a name\" }")
+            ),
+            error(
+                "region[3].probe.server_name",
+                Problem::InvalidServerName {
+                    name: "not a name".into(),
+                },
+            ),
+        ),
+        (
+            "probe without a ca and no health section",
+            region("probe = { address = \"127.0.0.1:8443\", server_name = \"api.example.test\" }"),
+            error("region[3].probe", Problem::ProbeCaRequired),
+        ),
+        (
+            "model no candidate serves",
+            format!(
+                "{}{}",
+                region("models = [\"llama\"]"),
+                gslb("regions = [\"gpu\"]\nmodel = \"mistral\"")
+            ),
+            error(
+                "gslb[0].model",
+                Problem::ModelNotServed {
+                    model: "mistral".into(),
+                },
+            ),
+        ),
+        (
+            "empty model name",
+            gslb("model = \"\""),
+            error("gslb[0].model", Problem::EmptyModelId),
+        ),
+        (
+            "latency fallback on another mode",
+            gslb("latency_fallback = \"nearest\""),
+            error(
+                "gslb[0].latency_fallback",
+                Problem::LatencyFallbackForbidden {
+                    mode: "nearest".into(),
+                },
+            ),
+        ),
+        (
+            "latency falling back to geo without a geo map",
+            "[[gslb]]\nname = \"api.example.test.\"\nmode = \"latency\"\nlatency_fallback = \"geo\"\n"
+                .into(),
+            error("gslb[0].geo", Problem::GeoMapRequired),
+        ),
+        (
+            "geo map on latency falling back to nearest",
+            "[[gslb]]\nname = \"api.example.test.\"\nmode = \"latency\"\n[gslb.geo]\ndefault = [\"us-east\"]\n"
+                .into(),
+            error(
+                "gslb[0].geo",
+                Problem::GeoMapForbidden {
+                    mode: "latency".into(),
+                },
+            ),
+        ),
+        (
+            "unknown latency fallback",
+            "[[gslb]]\nname = \"api.example.test.\"\nmode = \"latency\"\nlatency_fallback = \"weighted\"\n"
+                .into(),
+            error(
+                "gslb[0].latency_fallback",
+                Problem::UnknownVariant {
+                    value: "weighted".into(),
+                    expected: strings(&["geo", "nearest"]),
+                },
+            ),
+        ),
+        (
+            "cost budget zero",
+            gslb("cost = { within_km = 0.0 }"),
+            error("gslb[0].cost.within_km", number(0.0, 0.0, true, Some(40_075.0))),
+        ),
+        (
+            "cost budget negative ms",
+            gslb("cost = { within_ms = -5.0 }"),
+            error("gslb[0].cost.within_ms", number(-5.0, 0.0, true, Some(60_000.0))),
+        ),
+        (
+            "cost with both budgets",
+            gslb("cost = { within_km = 100.0, within_ms = 5.0 }"),
+            error("gslb[0].cost", Problem::CostBudgetChoice),
+        ),
+        (
+            "cost with no budget",
+            gslb("cost = {}"),
+            error("gslb[0].cost", Problem::CostBudgetChoice),
+        ),
+        (
+            "cost on a weighted name",
+            "[[gslb]]\nname = \"api.example.test.\"\nmode = \"weighted\"\ncost = { within_km = 100.0 }\n"
+                .into(),
+            error(
+                "gslb[0].cost",
+                Problem::CostForbidden {
+                    mode: "weighted".into(),
+                },
+            ),
+        ),
+    ];
+
+    for (what, extra, expected) in cases {
+        let text = format!("{BASE}\n{extra}");
+        assert_eq!(field_errors(&text), [expected], "case: {what}\n{text}");
+    }
+}
+
+#[test]
+fn health_plane_problems_read_as_sentences() {
+    let cases = [
+        (
+            Problem::ModelNotServed {
+                model: "llama".into(),
+            },
+            "no candidate region serves model `llama`: a region serves it when its `models` list is empty or names it",
+        ),
+        (
+            Problem::NotBelowField {
+                value: 0.3,
+                other: "health.spill.recover".into(),
+                other_value: 0.2,
+            },
+            "0.3 must be below `health.spill.recover` (0.2)",
+        ),
+        (
+            Problem::CostBudgetChoice,
+            "write exactly one of `within_km` and `within_ms`",
+        ),
+        (
+            Problem::LatencyFallbackForbidden { mode: "geo".into() },
+            "`latency_fallback` only applies to mode = \"latency\", not \"geo\"",
+        ),
+    ];
+    for (problem, sentence) in cases {
+        assert_eq!(problem.to_string(), sentence);
+    }
 }

@@ -20,12 +20,15 @@ use ipnet::IpNet;
 use super::{
     error::{AddressKind, FieldError, Problem},
     model::{
-        AllUnhealthy, CidrOverride, Coordinates, DnsConfig, Endpoints, GeoIpSource, GeoMap,
-        GslbName, Limits, Region, RegionIdx, SteeringMode, SteeringPolicy, ZoneSource,
+        AdminApi, AllUnhealthy, Anycast, CidrOverride, Coordinates, CostPreference, DnsConfig,
+        Endpoints, GeoIpSource, GeoMap, GslbName, HealthChannel, LatencyFallback, Limits,
+        ProbeSettings, RateLimit, Region, RegionIdx, RelayProbe, SpillWatermarks, SteeringMode,
+        SteeringPolicy, ZoneSource,
     },
     raw::{
-        RawAllUnhealthy, RawDnsConfig, RawGeoMap, RawGslb, RawMode, RawOverride, RawRegion,
-        RawServer, RawZone,
+        RawAdmin, RawAllUnhealthy, RawAnycast, RawCost, RawDnsConfig, RawGeoMap, RawGslb,
+        RawHealth, RawLatencyFallback, RawMode, RawOverride, RawRateLimit, RawRegion,
+        RawRelayProbe, RawServer, RawZone,
     },
 };
 
@@ -56,10 +59,17 @@ impl TryFrom<RawDocument<'_, RawDnsConfig>> for DnsConfig {
             path: v.path("geoip.database", &g.database),
         });
         let (zones, origins) = v.zones(&raw.zones);
-        let regions = v.regions(&raw.regions);
+        let health = raw.health.as_ref().map(|h| v.health(h, &listen));
+        let regions = v.regions(&raw.regions, health.is_some());
         let ids = RegionIds::new(&raw.regions);
-        let gslb = v.gslb_names(&raw.gslb, &origins, &ids);
+        let gslb = v.gslb_names(&raw.gslb, &origins, &ids, &regions);
         let overrides = v.overrides(&raw.overrides, &ids);
+        let admin = raw
+            .admin
+            .as_ref()
+            .map(|a| v.admin(a, &listen, metrics_listen));
+        let anycast = raw.anycast.as_ref().map(|a| v.anycast(a));
+        let rrl = raw.rrl.as_ref().map(|r| v.rrl(r));
 
         if !v.findings.errors.is_empty() {
             return Err(v.findings.errors);
@@ -75,10 +85,10 @@ impl TryFrom<RawDocument<'_, RawDnsConfig>> for DnsConfig {
             overrides,
             operator_state_file,
             metrics_listen,
-            health: None,
-            admin: None,
-            anycast: None,
-            rrl: None,
+            health,
+            admin,
+            anycast,
+            rrl,
         })
     }
 }
@@ -149,6 +159,36 @@ impl Findings {
             return None;
         }
         T::try_from(value).ok()
+    }
+
+    /// A float in `min..=max`, or above `min` when `min_exclusive`; `max = None` only demands
+    /// a finite number. NaN, which TOML can spell, is never in range. Returns `value` either
+    /// way (the caller's placeholder is the value itself: it is never used once reported).
+    pub(crate) fn number_in(
+        &mut self,
+        field: &str,
+        value: f64,
+        (min, min_exclusive): (f64, bool),
+        max: Option<f64>,
+    ) -> f64 {
+        let above_min = if min_exclusive {
+            value > min
+        } else {
+            value >= min
+        };
+        let below_max = value <= max.unwrap_or(f64::MAX);
+        if !(above_min && below_max) {
+            self.report(
+                field,
+                Problem::NumberOutOfRange {
+                    value,
+                    min,
+                    min_exclusive,
+                    max,
+                },
+            );
+        }
+        value
     }
 }
 
@@ -324,7 +364,250 @@ impl Validator {
         (zones, origins)
     }
 
-    fn regions(&mut self, raw: &[RawRegion]) -> Vec<Region> {
+    fn millis(&mut self, field: &str, value: i64, min: i64, max: i64) -> std::time::Duration {
+        std::time::Duration::from_millis(self.int_in(field, value, min, max).unwrap_or(1))
+    }
+
+    /// `[health]`. Thresholds count reports; durations are milliseconds.
+    fn health(&mut self, raw: &RawHealth, dns_listen: &[SocketAddr]) -> HealthChannel {
+        let listen_field = "health.listen";
+        let listen = self
+            .address(listen_field, &raw.listen, AddressKind::SocketAddr)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        // QUIC binds UDP, as the DNS listeners do.
+        if let Some(i) = dns_listen.iter().position(|&d| clash(d, listen)) {
+            self.report(
+                listen_field,
+                Problem::ListenerClash {
+                    address: listen,
+                    other: at("server.listen", i),
+                },
+            );
+        }
+        let ca = self.path("health.ca", &raw.ca);
+        let cert = self.path("health.cert", &raw.cert);
+        let key = self.path("health.key", &raw.key);
+        let down_after = self
+            .int_in("health.down_after", raw.down_after, 1, 100)
+            .unwrap_or(1);
+        let up_after = self
+            .int_in("health.up_after", raw.up_after, 1, 100)
+            .unwrap_or(1);
+        if raw.down_after > raw.up_after && (1..=100).contains(&raw.up_after) {
+            self.report(
+                "health.down_after",
+                Problem::ExceedsField {
+                    value: raw.down_after,
+                    other: "health.up_after".to_owned(),
+                    other_value: raw.up_after,
+                },
+            );
+        }
+        let max_report_validity = self.millis(
+            "health.max_report_validity_ms",
+            raw.max_report_validity_ms,
+            100,
+            3_600_000,
+        );
+        let refresh_interval = self.millis(
+            "health.refresh_interval_ms",
+            raw.refresh_interval_ms,
+            10,
+            60_000,
+        );
+        let max_connections = self
+            .int_in("health.max_connections", raw.max_connections, 1, 65_536)
+            .unwrap_or(1);
+
+        let trip = self.number_in("health.spill.trip", raw.spill.trip, (0.0, false), Some(1.0));
+        let recover = self.number_in(
+            "health.spill.recover",
+            raw.spill.recover,
+            (0.0, false),
+            Some(1.0),
+        );
+        if trip >= recover && (0.0..=1.0).contains(&trip) && (0.0..=1.0).contains(&recover) {
+            self.report(
+                "health.spill.trip",
+                Problem::NotBelowField {
+                    value: trip,
+                    other: "health.spill.recover".to_owned(),
+                    other_value: recover,
+                },
+            );
+        }
+        let hold_reports = self
+            .int_in("health.spill.hold_reports", raw.spill.hold_reports, 1, 100)
+            .unwrap_or(1);
+        let probe = ProbeSettings {
+            interval: self.millis(
+                "health.probe.interval_ms",
+                raw.probe.interval_ms,
+                100,
+                3_600_000,
+            ),
+            timeout: self.millis("health.probe.timeout_ms", raw.probe.timeout_ms, 100, 60_000),
+            down_after: self
+                .int_in("health.probe.down_after", raw.probe.down_after, 1, 100)
+                .unwrap_or(1),
+        };
+        HealthChannel {
+            listen,
+            ca,
+            cert,
+            key,
+            down_after,
+            up_after,
+            max_report_validity,
+            spill: SpillWatermarks {
+                trip,
+                recover,
+                hold_reports,
+            },
+            refresh_interval,
+            probe,
+            max_connections,
+        }
+    }
+
+    /// `[admin]`: a TCP listener, so it must not share a port with the DNS (TCP) listeners or
+    /// the metrics listener.
+    fn admin(
+        &mut self,
+        raw: &RawAdmin,
+        dns_listen: &[SocketAddr],
+        metrics_listen: Option<SocketAddr>,
+    ) -> AdminApi {
+        let field = "admin.listen";
+        let listen = self
+            .address(field, &raw.listen, AddressKind::SocketAddr)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let others = dns_listen
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| (a, at("server.listen", i)))
+            .chain(metrics_listen.map(|m| (m, "server.metrics_listen".to_owned())));
+        for (address, other) in others {
+            if clash(address, listen) {
+                self.report(
+                    field,
+                    Problem::ListenerClash {
+                        address: listen,
+                        other,
+                    },
+                );
+                break;
+            }
+        }
+        AdminApi {
+            listen,
+            token_file: self.path("admin.token_file", &raw.token_file),
+        }
+    }
+
+    fn anycast(&mut self, raw: &RawAnycast) -> Anycast {
+        if raw.protocol.trim().is_empty() {
+            self.report("anycast.protocol", Problem::EmptyList);
+        }
+        Anycast {
+            bird_socket: self.path("anycast.bird_socket", &raw.bird_socket),
+            protocol: raw.protocol.clone(),
+            max_health_silence: raw
+                .max_health_silence_ms
+                .map(|ms| self.millis("anycast.max_health_silence_ms", ms, 1_000, 86_400_000)),
+            check_interval: self.millis(
+                "anycast.check_interval_ms",
+                raw.check_interval_ms,
+                100,
+                60_000,
+            ),
+        }
+    }
+
+    fn rrl(&mut self, raw: &RawRateLimit) -> RateLimit {
+        RateLimit {
+            responses_per_second: self
+                .int_in(
+                    "rrl.responses_per_second",
+                    raw.responses_per_second,
+                    1,
+                    1_000_000,
+                )
+                .unwrap_or(1),
+            burst: self
+                .int_in("rrl.burst", raw.burst, 0, 1_000_000)
+                .unwrap_or(0),
+            // BIND's range: beyond 10 a spoofed victim gets almost nothing anyway.
+            slip: self.int_in("rrl.slip", raw.slip, 0, 10).unwrap_or(0),
+            ipv4_prefix: self
+                .int_in("rrl.ipv4_prefix", raw.ipv4_prefix, 1, 32)
+                .unwrap_or(24),
+            ipv6_prefix: self
+                .int_in("rrl.ipv6_prefix", raw.ipv6_prefix, 1, 128)
+                .unwrap_or(56),
+            max_buckets: self
+                .int_in("rrl.max_buckets", raw.max_buckets, 1, 100_000_000)
+                .unwrap_or(1),
+        }
+    }
+
+    /// A region's model pools: non-empty, each listed once.
+    fn models(&mut self, list_field: &str, raw: &[String]) -> Vec<Arc<str>> {
+        let mut first_at: HashMap<&str, String> = HashMap::new();
+        let mut models = Vec::with_capacity(raw.len());
+        for (j, model) in raw.iter().enumerate() {
+            let item = at(list_field, j);
+            if model.trim().is_empty() {
+                self.report(item, Problem::EmptyModelId);
+                continue;
+            }
+            if let Some(first) = first_at.get(model.as_str()) {
+                self.report(
+                    item,
+                    Problem::Duplicate {
+                        value: model.clone(),
+                        first: first.clone(),
+                    },
+                );
+                continue;
+            }
+            first_at.insert(model, item);
+            models.push(Arc::from(model.as_str()));
+        }
+        models
+    }
+
+    fn probe(&mut self, base: &str, raw: &RawRelayProbe, has_health: bool) -> RelayProbe {
+        let address = self
+            .address(
+                &field(base, "address"),
+                &raw.address,
+                AddressKind::SocketAddr,
+            )
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        if rustls_pki_types::ServerName::try_from(raw.server_name.as_str()).is_err() {
+            self.report(
+                field(base, "server_name"),
+                Problem::InvalidServerName {
+                    name: raw.server_name.clone(),
+                },
+            );
+        }
+        let ca = raw
+            .ca
+            .as_deref()
+            .map(|ca| self.path(&field(base, "ca"), ca));
+        if ca.is_none() && !has_health {
+            self.report(base, Problem::ProbeCaRequired);
+        }
+        RelayProbe {
+            address,
+            server_name: raw.server_name.clone(),
+            ca,
+        }
+    }
+
+    fn regions(&mut self, raw: &[RawRegion], has_health: bool) -> Vec<Region> {
         let max = usize::from(u16::MAX) + 1;
         if raw.len() > max {
             self.report(
@@ -372,14 +655,20 @@ impl Validator {
                     i64::from(u32::MAX),
                 )
                 .unwrap_or(1);
+            let cost = self.number_in(&field(&base, "cost"), region.cost, (0.0, false), None);
+            let models = self.models(&field(&base, "models"), &region.models);
+            let probe = region
+                .probe
+                .as_ref()
+                .map(|p| self.probe(&field(&base, "probe"), p, has_health));
             regions.push(Region {
                 id: Arc::from(region.id.as_str()),
                 coordinates,
                 endpoints,
                 capacity,
-                cost: 1.0,
-                models: Vec::new(),
-                probe: None,
+                cost,
+                models,
+                probe,
             });
         }
         regions
@@ -482,6 +771,7 @@ impl Validator {
         raw: &[RawGslb],
         origins: &[Name],
         regions: &RegionIds<'_>,
+        defined: &[Region],
     ) -> Vec<GslbName> {
         let mut first_at: HashMap<Name, String> = HashMap::new();
         let mut names = Vec::with_capacity(raw.len());
@@ -506,7 +796,7 @@ impl Validator {
                 }
                 None => (Name::root(), Name::root()),
             };
-            let policy = self.policy(&base, gslb, regions);
+            let policy = self.policy(&base, gslb, regions, defined);
             names.push(GslbName { name, zone, policy });
         }
         names
@@ -541,7 +831,13 @@ impl Validator {
         }
     }
 
-    fn policy(&mut self, base: &str, gslb: &RawGslb, regions: &RegionIds<'_>) -> SteeringPolicy {
+    fn policy(
+        &mut self,
+        base: &str,
+        gslb: &RawGslb,
+        regions: &RegionIds<'_>,
+        defined: &[Region],
+    ) -> SteeringPolicy {
         let regions_field = field(base, "regions");
         let (candidates, listed) = match &gslb.regions {
             Some(ids) => (
@@ -573,27 +869,30 @@ impl Validator {
             .int_in(&field(base, "ttl"), gslb.ttl, 1, 86_400)
             .unwrap_or(1);
 
-        let geo_field = field(base, "geo");
-        let mode = match (gslb.mode, &gslb.geo) {
-            (RawMode::Geo, Some(geo)) => {
-                let allowed: HashSet<RegionIdx> = candidates.iter().copied().collect();
-                SteeringMode::GeoMap(self.geo_map(&geo_field, geo, regions, &allowed))
+        let mode = self.mode(base, gslb, regions, &candidates);
+        let model = gslb.model.as_deref().map(|model| {
+            let model_field = field(base, "model");
+            if model.trim().is_empty() {
+                self.report(&model_field, Problem::EmptyModelId);
+            } else {
+                let serves = |r: &RegionIdx| {
+                    defined.get(r.get()).is_some_and(|region| {
+                        region.models.is_empty() || region.models.iter().any(|m| &**m == model)
+                    })
+                };
+                // Unknown candidates were reported already; only judge a list that resolved.
+                if !candidates.is_empty() && !candidates.iter().any(serves) {
+                    self.report(
+                        &model_field,
+                        Problem::ModelNotServed {
+                            model: model.to_owned(),
+                        },
+                    );
+                }
             }
-            (RawMode::Geo, None) => {
-                self.report(geo_field, Problem::GeoMapRequired);
-                SteeringMode::GeoMap(GeoMap::default())
-            }
-            (mode, Some(_)) => {
-                self.report(
-                    geo_field,
-                    Problem::GeoMapForbidden {
-                        mode: mode.as_str().to_owned(),
-                    },
-                );
-                plain_mode(mode)
-            }
-            (mode, None) => plain_mode(mode),
-        };
+            Arc::from(model)
+        });
+        let cost = gslb.cost.map(|c| self.cost(base, gslb.mode, c));
 
         SteeringPolicy {
             mode,
@@ -604,10 +903,98 @@ impl Validator {
                 RawAllUnhealthy::FailOpen => AllUnhealthy::FailOpen,
                 RawAllUnhealthy::FailClosed => AllUnhealthy::FailClosed,
             },
-            model: None,
-            cost: None,
+            model,
+            cost,
             ecs: gslb.ecs,
             why: gslb.why,
+        }
+    }
+
+    /// The ordering mode; `[gslb.geo]` is required by `geo` and by `latency` falling back to
+    /// geo, and forbidden everywhere else.
+    fn mode(
+        &mut self,
+        base: &str,
+        gslb: &RawGslb,
+        regions: &RegionIds<'_>,
+        candidates: &[RegionIdx],
+    ) -> SteeringMode {
+        let geo_field = field(base, "geo");
+        let fallback_field = field(base, "latency_fallback");
+        let fallback = match (gslb.mode, gslb.latency_fallback) {
+            (RawMode::Latency, fallback) => Some(fallback.unwrap_or(RawLatencyFallback::Nearest)),
+            (mode, Some(_)) => {
+                self.report(
+                    &fallback_field,
+                    Problem::LatencyFallbackForbidden {
+                        mode: mode.as_str().to_owned(),
+                    },
+                );
+                None
+            }
+            (_, None) => None,
+        };
+        let wants_geo = gslb.mode == RawMode::Geo || fallback == Some(RawLatencyFallback::Geo);
+        let geo = match (&gslb.geo, wants_geo) {
+            (Some(geo), true) => {
+                let allowed: HashSet<RegionIdx> = candidates.iter().copied().collect();
+                Some(self.geo_map(&geo_field, geo, regions, &allowed))
+            }
+            (None, true) => {
+                self.report(&geo_field, Problem::GeoMapRequired);
+                Some(GeoMap::default())
+            }
+            (Some(_), false) => {
+                self.report(
+                    &geo_field,
+                    Problem::GeoMapForbidden {
+                        mode: gslb.mode.as_str().to_owned(),
+                    },
+                );
+                None
+            }
+            (None, false) => None,
+        };
+        match gslb.mode {
+            RawMode::Geo => SteeringMode::GeoMap(geo.unwrap_or_default()),
+            RawMode::Nearest => SteeringMode::Nearest,
+            RawMode::Weighted => SteeringMode::Weighted,
+            RawMode::Failover => SteeringMode::Failover,
+            RawMode::Latency => SteeringMode::Latency(match geo {
+                Some(map) => LatencyFallback::GeoMap(map),
+                None => LatencyFallback::Nearest,
+            }),
+        }
+    }
+
+    fn cost(&mut self, base: &str, mode: RawMode, raw: RawCost) -> CostPreference {
+        let cost_field = field(base, "cost");
+        if matches!(mode, RawMode::Weighted | RawMode::Failover) {
+            self.report(
+                &cost_field,
+                Problem::CostForbidden {
+                    mode: mode.as_str().to_owned(),
+                },
+            );
+        }
+        let positive = (0.0, true);
+        match (raw.within_km, raw.within_ms) {
+            (Some(km), None) => CostPreference::WithinKm(self.number_in(
+                &field(&cost_field, "within_km"),
+                km,
+                positive,
+                Some(40_075.0),
+            )),
+            (None, Some(ms)) => CostPreference::WithinMs(self.number_in(
+                &field(&cost_field, "within_ms"),
+                ms,
+                positive,
+                Some(60_000.0),
+            )),
+            _ => {
+                self.report(cost_field, Problem::CostBudgetChoice);
+                CostPreference::WithinKm(1.0)
+            }
         }
     }
 
@@ -717,14 +1104,12 @@ impl Validator {
     }
 }
 
-fn plain_mode(mode: RawMode) -> SteeringMode {
-    match mode {
-        // Only reached with a geo map already reported missing.
-        RawMode::Geo => SteeringMode::GeoMap(GeoMap::default()),
-        RawMode::Nearest => SteeringMode::Nearest,
-        RawMode::Weighted => SteeringMode::Weighted,
-        RawMode::Failover => SteeringMode::Failover,
-    }
+/// Two listeners clash when binding one would make binding the other fail: same port (other
+/// than 0, which picks a free one) on the same or a wildcard address.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// `base.key`, quoting keys that are not TOML bare keys.

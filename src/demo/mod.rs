@@ -201,7 +201,7 @@ impl Demo {
             store,
             NodeOptions {
                 listen: vec![SocketAddr::from(([127, 0, 0, 1], dns_port))],
-                metrics_listen: None,
+                ..NodeOptions::default()
             },
         )
         .await?;
@@ -249,6 +249,8 @@ impl Demo {
             relays.push(relay);
         }
 
+        wait_until_all_up(&node.store, Duration::from_secs(20)).await?;
+
         let ready = DemoReady {
             dns_udp: node.addresses.udp[0],
             dns_tcp: node.addresses.tcp[0],
@@ -278,6 +280,41 @@ impl Demo {
         for backend in self.backends {
             let _ = backend.shutdown().await;
         }
+    }
+}
+
+/// The node starts before the relays, so its own probe may have marked regions down in the
+/// meantime, and a relay's first reports carry no headroom until it has scraped its backends
+/// (so the region spills). "Ready" means every region reports up and not spilling
+/// (hysteresis included), so the first answers a newcomer sees are the steady-state ones.
+async fn wait_until_all_up(store: &SnapshotStore, limit: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let snapshot = store.load();
+        let waiting: Vec<&str> = snapshot
+            .config
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let status = snapshot
+                    .steering
+                    .region_status(crate::config::model::RegionIdx(*i as u16));
+                status.health != crate::steering::Health::Up || status.spilling
+            })
+            .map(|(_, region)| &*region.id)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "regions not reporting up within {limit:?}: {}",
+                waiting.join(", ")
+            );
+        }
+        drop(snapshot);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -1,9 +1,11 @@
 //! [`SteeringFeed`]: turns the report ledger (and the node's own probe verdicts) into region
-//! health in the serving snapshot, through a [`HealthView`].
+//! health, spill-over, headroom and the latency table in the serving snapshot, through a
+//! [`HealthView`].
 //!
-//! It owns the order of locks (ledger, then view) and when a new health view is published;
-//! it does no network IO and decides nothing itself (the view decides health, the snapshot
-//! store publishes).
+//! It owns the order of locks (ledger, then view) and when a new view is published; it does
+//! no network IO and decides nothing itself (the view decides health, the snapshot store
+//! publishes). The view's output is keyed by region id, so a reload that reorders regions
+//! between reading the region list and publishing cannot misapply it.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
@@ -56,10 +58,10 @@ impl SteeringFeed {
 
     /// Recomputes health at `now` and publishes it if it changed; returns whether it did.
     /// Call it after every accepted report, and periodically so that silence turns into
-    /// unknown.
+    /// unknown. `now` also re-targets the weighted-mode weight ramps.
     pub fn refresh(&self, now: Instant) -> bool {
         let snapshot = self.store.load_full();
-        let health = {
+        let live = {
             // Always ledger, then view: the listener takes only the ledger.
             let probes = lock(&self.probes).clone();
             let ledger = lock(&self.ledger);
@@ -71,7 +73,7 @@ impl SteeringFeed {
                 now,
             )
         };
-        self.store.update_health(&health)
+        self.store.update_health(live, now)
     }
 
     /// Refreshes every `period` until `shutdown` turns true.

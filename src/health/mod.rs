@@ -12,6 +12,10 @@
 //!   ledger, and the feed that publishes region health into the serving snapshot.
 //! - [`feed`]: publishes the view into the serving snapshot.
 //! - [`view`]: region health from the ledger, with hysteresis (pure).
+//! - [`probe`]: the DNS node's own probe of a silent region's relay (QUIC handshake and HTTPS
+//!   `/health`), and the consecutive-failure count that turns it into a verdict.
+//! - [`runtime`]: the DNS node's plane running: listener, ledger, feed, periodic refresh and
+//!   probes started together from `[health]`, with their metrics.
 //!
 //! The region a report is about is always the one in the sender's certificate
 //! ([`pki::peer_region`]); the body's `region` field is only checked against it.
@@ -22,6 +26,8 @@ pub mod frame;
 pub mod ledger;
 pub mod listener;
 pub mod pki;
+pub mod probe;
+pub mod runtime;
 pub mod sender;
 pub mod view;
 
@@ -33,5 +39,8 @@ pub use ledger::{LedgerCounters, ReportLedger, ReportRejected, Session};
 pub use listener::{
     ListenerCounters, ListenerError, ListenerLimits, listener_endpoint, run_listener,
 };
-pub use sender::{Backoff, HealthNode, HealthSenderConfig, SenderError, run_sender};
+pub use runtime::{HealthPlane, HealthPlaneError};
+pub use sender::{
+    Backoff, ChannelSetupError, HealthNode, HealthSenderConfig, SenderError, run_sender,
+};
 pub use view::{HealthView, Hysteresis};

@@ -11,19 +11,27 @@
 //! The sender numbers its reports from 1, once per process, strictly increasing across all
 //! nodes and reconnections (the ledger orders by it within a connection).
 //!
-//! Not wired into the relay yet: the relay config has no health-channel section, so the caller
-//! builds a [`HealthSenderConfig`] itself. The report content is the caller's (`build_report`);
-//! this module only carries it.
+//! When the sender stops, it sends one last report (a draining relay's says so) and waits a
+//! moment for each connected node to acknowledge it, so a planned stop is seen as `draining`
+//! rather than as silence.
+//!
+//! The report content is the caller's (`build_report`), which may also withhold reports (the
+//! relay's `POST /admin/reports {"paused": true}`); this module only carries them.
+//! [`HealthSenderConfig::from_relay`] reads the relay config's `[relay.health_channel]` files
+//! and checks the certificate names the relay's own region.
 
 use std::{
     hash::{BuildHasher, RandomState},
+    io,
     net::SocketAddr,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use bytes::Bytes;
 use quinn::{IdleTimeout, TransportConfig};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio::{sync::watch, task::JoinSet};
 use tracing::{debug, info, warn};
 
@@ -31,7 +39,10 @@ use super::{
     frame,
     pki::{self, PemPair, PkiError},
 };
-use crate::relay::report::RegionReport;
+use crate::relay::{config::model::RelayConfig, report::RegionReport};
+
+/// How long a stopping sender waits for the nodes to acknowledge its last report.
+const LAST_REPORT_GRACE: Duration = Duration::from_secs(1);
 
 /// A DNS node's health listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +117,98 @@ impl HealthSenderConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
+
+    /// The sender of `config`'s `[relay.health_channel]` (`None` without one): reads the CA,
+    /// certificate and key, checks that the certificate names `relay.region`, and that the
+    /// three make a working TLS client. Blocking file IO: `meridian check` and start-up only.
+    pub fn from_relay(
+        config: &RelayConfig,
+    ) -> Result<Option<HealthSenderConfig>, ChannelSetupError> {
+        let Some(channel) = &config.health_channel else {
+            return Ok(None);
+        };
+        let ca_pem = read("ca", &channel.ca)?;
+        let identity = PemPair {
+            cert_pem: read("cert", &channel.cert)?,
+            key_pem: read("key", &channel.key)?,
+        };
+        let leaf =
+            CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).map_err(|error| {
+                ChannelSetupError::Identity {
+                    path: channel.cert.clone(),
+                    error: PkiError::MalformedPem {
+                        what: "certificate",
+                        reason: error.to_string(),
+                    },
+                }
+            })?;
+        let certified = pki::region_of(&leaf).map_err(|error| ChannelSetupError::Identity {
+            path: channel.cert.clone(),
+            error,
+        })?;
+        if certified != *config.region {
+            return Err(ChannelSetupError::RegionMismatch {
+                path: channel.cert.clone(),
+                certified,
+                configured: config.region.to_string(),
+            });
+        }
+        pki::client_config_with_identity(&ca_pem, &identity)
+            .map_err(|error| ChannelSetupError::Tls { error })?;
+        let nodes = channel
+            .nodes
+            .iter()
+            .map(|node| HealthNode {
+                address: node.address,
+                server_name: node.server_name.clone(),
+            })
+            .collect();
+        let mut sender = HealthSenderConfig::new(nodes, ca_pem, identity);
+        // One socket reaches every node: a dual-stack one as soon as any node is IPv6.
+        if channel.nodes.iter().any(|node| node.address.is_ipv6()) {
+            sender.bind = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+        }
+        sender.interval = channel.interval;
+        sender.validity = channel.validity;
+        // Reports would stop at the first idle timeout shorter than the gap between them.
+        sender.idle_timeout = sender.idle_timeout.max(channel.interval * 3);
+        Ok(Some(sender))
+    }
+}
+
+fn read(key: &'static str, path: &Path) -> Result<String, ChannelSetupError> {
+    std::fs::read_to_string(path).map_err(|error| ChannelSetupError::Read {
+        key,
+        path: path.to_path_buf(),
+        kind: error.kind(),
+    })
+}
+
+/// Why `[relay.health_channel]` cannot be used; each names the key whose file is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelSetupError {
+    #[error("relay.health_channel.{key}: cannot read {}: {kind}", path.display())]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        kind: io::ErrorKind,
+    },
+    #[error("relay.health_channel.cert: {}: {error}", path.display())]
+    Identity { path: PathBuf, error: PkiError },
+    #[error(
+        "relay.health_channel.cert: {} is the certificate of region `{certified}`, but \
+         relay.region is `{configured}`: DNS nodes would file this relay's reports under \
+         `{certified}`; issue a certificate for `{configured}` (`meridian certs deployment \
+         --region {configured}`)",
+        path.display()
+    )]
+    RegionMismatch {
+        path: PathBuf,
+        certified: String,
+        configured: String,
+    },
+    #[error("relay.health_channel.ca / cert / key: {error}")]
+    Tls { error: PkiError },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,15 +227,19 @@ pub enum SenderError {
 }
 
 /// Pushes `build_report(sequence)` to every node every `config.interval` until `shutdown`
-/// turns true (or its sender goes). Returns early only if the configuration cannot work
-/// (certificates, socket); unreachable nodes are retried for ever.
-pub async fn run_sender<F>(
+/// turns true (or its sender goes), then pushes one last report. Returns early only if the
+/// configuration cannot work (certificates, socket); unreachable nodes are retried for ever.
+///
+/// `build_report` may return `None` (a [`RegionReport`] converts into `Some`): nothing is sent
+/// that tick, and a node that reconnects meanwhile is not sent the older report either.
+pub async fn run_sender<F, R>(
     config: HealthSenderConfig,
     build_report: F,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SenderError>
 where
-    F: Fn(u64) -> RegionReport + Send,
+    F: Fn(u64) -> R + Send,
+    R: Into<Option<RegionReport>>,
 {
     if config.interval.is_zero() {
         return Err(SenderError::ZeroInterval);
@@ -155,6 +262,8 @@ where
     })?;
     endpoint.set_default_client_config(client);
 
+    // The node tasks stop when `latest` is dropped, after delivering what it last held: the
+    // report loop's own end, not `shutdown`, ends them, so the last report is not lost.
     let (latest, frames) = watch::channel::<Option<Bytes>>(None);
     let mut nodes = JoinSet::new();
     for node in &config.nodes {
@@ -163,11 +272,18 @@ where
             node.clone(),
             config.backoff,
             frames.clone(),
-            shutdown.clone(),
         ));
     }
 
     let validity_ms = u32::try_from(config.validity.as_millis()).unwrap_or(u32::MAX);
+    let publish = |sequence: u64| {
+        let frame = build_report(sequence).into().and_then(|report| {
+            frame::encode_report(&report, validity_ms)
+                .inspect_err(|error| warn!(%error, sequence, "region report not sent"))
+                .ok()
+        });
+        latest.send_replace(frame);
+    };
     let mut ticks = tokio::time::interval(config.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence = 0u64;
@@ -177,40 +293,41 @@ where
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
         sequence += 1;
-        let report = build_report(sequence);
-        match frame::encode_report(&report, validity_ms) {
-            Ok(bytes) => {
-                latest.send_replace(Some(bytes));
-            }
-            Err(error) => warn!(%error, sequence, "region report not sent"),
-        }
+        publish(sequence);
     }
+    sequence += 1;
+    publish(sequence);
     drop(latest);
-    while nodes.join_next().await.is_some() {}
+    let delivered = async { while nodes.join_next().await.is_some() {} };
+    if tokio::time::timeout(LAST_REPORT_GRACE * 2, delivered)
+        .await
+        .is_err()
+    {
+        nodes.abort_all();
+    }
     endpoint.close(0u32.into(), b"relay stopping");
-    endpoint.wait_idle().await;
+    let _ = tokio::time::timeout(LAST_REPORT_GRACE, endpoint.wait_idle()).await;
     Ok(())
 }
 
-/// Keeps one node connected and fed until shutdown.
+/// Keeps one node connected and fed until the report loop ends (`frames` closes).
 async fn serve_node(
     endpoint: quinn::Endpoint,
     node: HealthNode,
     backoff: Backoff,
     mut frames: watch::Receiver<Option<Bytes>>,
-    mut shutdown: watch::Receiver<bool>,
 ) {
     let random = RandomState::new();
     let mut failures = 0u32;
     loop {
         let connected = tokio::select! {
             connected = connect(&endpoint, &node) => connected,
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = closed(frames.clone()) => return,
         };
         match connected {
             Ok(connection) => {
                 info!(node = %node.address, "connected to DNS node's health listener");
-                let outcome = feed(&connection, &mut frames, &mut shutdown).await;
+                let outcome = feed(&connection, &mut frames).await;
                 if outcome.delivered {
                     failures = 0;
                 }
@@ -232,9 +349,14 @@ async fn serve_node(
         debug!(node = %node.address, ?delay, failures, "reconnecting after backoff");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = closed(frames.clone()) => return,
         }
     }
+}
+
+/// Resolves once the report loop has ended (on a clone, so the caller's "seen" mark stays).
+async fn closed(mut frames: watch::Receiver<Option<Bytes>>) {
+    while frames.changed().await.is_ok() {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,39 +384,52 @@ struct FeedOutcome {
     end: FeedEnd,
 }
 
-/// Sends each new report on `connection` until it fails or shutdown.
+/// Sends each new report on `connection` until it fails or the report loop ends; then waits
+/// (briefly) for the node to acknowledge the last one.
 async fn feed(
     connection: &quinn::Connection,
     frames: &mut watch::Receiver<Option<Bytes>>,
-    shutdown: &mut watch::Receiver<bool>,
 ) -> FeedOutcome {
     // The newest report goes out at once: after a reconnect the node need not wait a tick.
     frames.mark_changed();
     let mut delivered = false;
+    let mut last_sent: Option<quinn::SendStream> = None;
     loop {
+        // A new frame first: the report loop's last one is published just before it ends.
         let end = tokio::select! {
+            biased;
             changed = frames.changed() => match changed {
                 Ok(()) => None,
-                // The report loop ended: the sender is stopping.
                 Err(_) => Some(FeedEnd::Stopped),
             },
             error = connection.closed() => Some(FeedEnd::Lost(error)),
-            _ = shutdown.wait_for(|stop| *stop) => Some(FeedEnd::Stopped),
         };
         if let Some(end) = end {
+            if let (FeedEnd::Stopped, Some(stream)) = (&end, &last_sent) {
+                let _ = tokio::time::timeout(LAST_REPORT_GRACE, stream.stopped()).await;
+            }
             return FeedOutcome { delivered, end };
         }
         let Some(frame) = frames.borrow_and_update().clone() else {
             continue;
         };
         // Stream credit may run out if the node is slow; then this report is skipped in favour
-        // of the next, rather than the connection waiting behind it.
+        // of the next, rather than the connection waiting behind it. (The loop ending is not a
+        // newer report: that branch is disabled by its pattern.)
         let sent = tokio::select! {
             sent = send(connection, &frame) => sent,
-            _ = frames.changed() => Err(SendError::Superseded),
+            Ok(()) = frames.changed() => Err(SendError::Superseded),
         };
         match sent {
-            Ok(()) => delivered = true,
+            Ok(stream) => {
+                delivered = true;
+                last_sent = Some(stream);
+            }
+            Err(SendError::Superseded) => {
+                debug!("report superseded before it could be sent");
+                // The newer frame is marked seen by `changed`; send it now.
+                frames.mark_changed();
+            }
             Err(error) => debug!(%error, "report not delivered"),
         }
     }
@@ -312,16 +447,115 @@ enum SendError {
     Superseded,
 }
 
-async fn send(connection: &quinn::Connection, frame: &Bytes) -> Result<(), SendError> {
+async fn send(
+    connection: &quinn::Connection,
+    frame: &Bytes,
+) -> Result<quinn::SendStream, SendError> {
     let mut stream = connection.open_uni().await?;
     stream.write_all(frame).await?;
     stream.finish()?;
-    Ok(())
+    Ok(stream)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A relay config for eu-west whose channel files are `ca`, `cert`, `key` in `dir`.
+    fn relay_config(dir: &Path, cert: &str, key: &str) -> RelayConfig {
+        let text = format!(
+            r#"
+[relay]
+region = "eu-west"
+listen = "127.0.0.1:0"
+[relay.tls]
+cert = "tls.pem"
+key = "tls-key.pem"
+[relay.health_channel]
+ca = "ca.pem"
+cert = "{cert}"
+key = "{key}"
+interval_ms = 5000
+validity_ms = 15000
+[[relay.health_channel.node]]
+id = "pop-a"
+address = "[2001:db8::53]:8853"
+server_name = "pop-a"
+[[backend]]
+id = "a"
+url = "http://127.0.0.1:8000"
+kind = "vllm"
+models = ["m"]
+slots = 1
+"#
+        );
+        crate::relay::config::parse_relay_config(&text, &dir.join("relay.toml")).unwrap()
+    }
+
+    #[test]
+    fn from_relay_reads_and_checks_the_channel_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = |specs: &[&str]| -> Vec<pki::Member> {
+            specs.iter().map(|s| s.parse().unwrap()).collect()
+        };
+        pki::write_deployment(
+            dir.path(),
+            &members(&["eu-west", "us-east"]),
+            &members(&["pop-a"]),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+
+        let mut no_channel = relay_config(dir.path(), "relay-eu-west.pem", "relay-eu-west-key.pem");
+        no_channel.health_channel = None;
+        assert!(
+            HealthSenderConfig::from_relay(&no_channel)
+                .unwrap()
+                .is_none()
+        );
+
+        let own = relay_config(dir.path(), "relay-eu-west.pem", "relay-eu-west-key.pem");
+        let sender = HealthSenderConfig::from_relay(&own).unwrap().unwrap();
+        assert_eq!(sender.interval, Duration::from_secs(5));
+        assert_eq!(sender.validity, Duration::from_secs(15));
+        assert_eq!(
+            sender.idle_timeout,
+            Duration::from_secs(15),
+            "outlasts 3 intervals"
+        );
+        assert!(sender.bind.is_ipv6(), "an IPv6 node needs an IPv6 socket");
+        assert_eq!(sender.nodes[0].server_name, "pop-a");
+
+        let missing = relay_config(dir.path(), "nope.pem", "relay-eu-west-key.pem");
+        assert!(matches!(
+            HealthSenderConfig::from_relay(&missing),
+            Err(ChannelSetupError::Read {
+                key: "cert",
+                kind: io::ErrorKind::NotFound,
+                ..
+            })
+        ));
+        // A DNS node's certificate names no region.
+        let node = relay_config(dir.path(), "dns-pop-a.pem", "dns-pop-a-key.pem");
+        assert!(matches!(
+            HealthSenderConfig::from_relay(&node),
+            Err(ChannelSetupError::Identity {
+                error: PkiError::NoRegion,
+                ..
+            })
+        ));
+        let other = relay_config(dir.path(), "relay-us-east.pem", "relay-us-east-key.pem");
+        assert!(matches!(
+            HealthSenderConfig::from_relay(&other),
+            Err(ChannelSetupError::RegionMismatch { ref certified, .. }) if certified == "us-east"
+        ));
+        // eu-west's certificate with us-east's key.
+        let mismatched_key = relay_config(dir.path(), "relay-eu-west.pem", "relay-us-east-key.pem");
+        assert!(matches!(
+            HealthSenderConfig::from_relay(&mismatched_key),
+            Err(ChannelSetupError::Tls { .. })
+        ));
+    }
 
     #[test]
     fn backoff_doubles_within_bounds_and_jitters_in_the_upper_half() {

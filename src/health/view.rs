@@ -25,16 +25,31 @@
 //! two reports of one region arrive between two calls, the earlier one is not counted, which
 //! only delays a flip by one report.
 //!
+//! **Spill-over** has its own hysteresis on the headroom fraction of each counted report
+//! ([`SpillWatermarks`]): a region starts spilling on a report at or below `trip`, and stops
+//! only after `hold_reports` consecutive reports above `recover`; any report at or below
+//! `recover` restarts that count. With `trip < recover`, alternating reports can never make it
+//! flap. A region without a fresh report is not spilling (its state is kept for when reports
+//! resume).
+//!
+//! **Latency**: the client RTT per prefix of every fresh report is gathered into a
+//! [`LatencyTable`] (IPv4 /24, IPv6 /48 entries only).
+//!
 //! Pure: reads the ledger at the `now` it is given; no IO, no clock. It does not decide what
 //! to answer (steering) nor which report is current (the ledger).
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
+use ipnet::IpNet;
+
 use super::{
     frame::{ReceivedReport, ReportedState},
     ledger::ReportLedger,
 };
-use crate::steering::Health;
+use crate::{
+    config::model::{HealthChannel, RegionIdx, SpillWatermarks},
+    steering::{Health, LatencyTableBuilder, LiveHealth, RegionLive},
+};
 
 /// How many consecutive reports confirm a flip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +92,9 @@ struct Track {
     latest: Class,
     /// (sequence, receive time) of the last report counted.
     last_counted: Option<(u64, Instant)>,
+    spilling: bool,
+    /// Consecutive reports above the recovery watermark while spilling.
+    recover_streak: u32,
 }
 
 impl Track {
@@ -86,6 +104,30 @@ impl Track {
             streak: 0,
             latest: Class::Good,
             last_counted: None,
+            spilling: false,
+            recover_streak: 0,
+        }
+    }
+
+    /// Spill-over hysteresis on one report's headroom fraction. A NaN headroom says nothing
+    /// and changes nothing.
+    fn count_headroom(&mut self, headroom: f64, spill: SpillWatermarks) {
+        if headroom.is_nan() {
+            return;
+        }
+        if !self.spilling {
+            if headroom <= spill.trip {
+                self.spilling = true;
+                self.recover_streak = 0;
+            }
+        } else if headroom > spill.recover {
+            self.recover_streak += 1;
+            if self.recover_streak >= spill.hold_reports {
+                self.spilling = false;
+                self.recover_streak = 0;
+            }
+        } else {
+            self.recover_streak = 0;
         }
     }
 
@@ -138,55 +180,105 @@ pub type ProbeVerdicts = HashMap<Arc<str>, ProbeVerdict>;
 #[derive(Debug)]
 pub struct HealthView {
     hysteresis: Hysteresis,
+    spill: SpillWatermarks,
     regions: HashMap<Arc<str>, Track>,
 }
 
 impl HealthView {
+    /// A view with the default spill-over watermarks.
     pub fn new(hysteresis: Hysteresis) -> HealthView {
+        HealthView::with_spill(hysteresis, SpillWatermarks::default())
+    }
+
+    pub fn with_spill(hysteresis: Hysteresis, spill: SpillWatermarks) -> HealthView {
         HealthView {
             hysteresis,
+            spill,
             regions: HashMap::new(),
         }
     }
 
-    /// Counts the reports that arrived since the last call and returns the health of each of
-    /// `regions` (the configured region ids, in config order) at `now`. A region without a
-    /// fresh report is unknown, or down when `probes` says its relay is unreachable.
+    /// The view a `[health]` section configures.
+    pub fn for_channel(channel: &HealthChannel) -> HealthView {
+        HealthView::with_spill(
+            Hysteresis {
+                down_after: channel.down_after,
+                up_after: channel.up_after,
+            },
+            channel.spill,
+        )
+    }
+
+    /// Counts the reports that arrived since the last call and returns the state of each of
+    /// `regions` (the configured region ids, in config order) at `now`, with the latency
+    /// table of their fresh reports. A region without a fresh report is unknown, or down when
+    /// `probes` says its relay is unreachable.
     pub fn update<'a>(
         &mut self,
         ledger: &ReportLedger,
         regions: impl IntoIterator<Item = &'a str>,
         probes: &ProbeVerdicts,
         now: Instant,
-    ) -> Vec<Health> {
-        regions
-            .into_iter()
-            .map(|region| {
-                let Some(report) = ledger.fresh(region, now) else {
-                    return match probes.get(region) {
-                        Some(ProbeVerdict::Unreachable) => Health::Down,
-                        Some(ProbeVerdict::Reachable) | None => Health::Unknown,
-                    };
+    ) -> LiveHealth {
+        let mut ids = Vec::new();
+        let mut states = Vec::new();
+        let mut latency = LatencyTableBuilder::default();
+        for (i, region) in regions.into_iter().enumerate() {
+            ids.push(Arc::<str>::from(region));
+            let Some(report) = ledger.fresh(region, now) else {
+                let health = match probes.get(region) {
+                    Some(ProbeVerdict::Unreachable) => Health::Down,
+                    Some(ProbeVerdict::Reachable) | None => Health::Unknown,
                 };
-                // A fresh report has an age; `now - age` is its receive time exactly.
-                let received_at = ledger.age(region, now).and_then(|age| now.checked_sub(age));
-                let track = match self.regions.get_mut(region) {
-                    Some(track) => track,
-                    None => self
-                        .regions
-                        .entry(Arc::from(region))
-                        .or_insert(Track::new()),
-                };
-                if let Some(received_at) = received_at {
-                    let key = (report.sequence, received_at);
-                    if track.last_counted != Some(key) {
-                        track.last_counted = Some(key);
-                        track.count(classify(report), self.hysteresis);
+                states.push(RegionLive {
+                    health,
+                    ..RegionLive::default()
+                });
+                continue;
+            };
+            // A fresh report has an age; `now - age` is its receive time exactly.
+            let received_at = ledger.age(region, now).and_then(|age| now.checked_sub(age));
+            let track = match self.regions.get_mut(region) {
+                Some(track) => track,
+                None => self
+                    .regions
+                    .entry(Arc::from(region))
+                    .or_insert(Track::new()),
+            };
+            if let Some(received_at) = received_at {
+                let key = (report.sequence, received_at);
+                if track.last_counted != Some(key) {
+                    track.last_counted = Some(key);
+                    track.count(classify(report), self.hysteresis);
+                    track.count_headroom(report.headroom_fraction, self.spill);
+                }
+            }
+            // Positions beyond u16 cannot be configured regions (the config caps them).
+            if let Ok(idx) = u16::try_from(i) {
+                for sample in &report.client_rtt {
+                    if sample.samples == 0 {
+                        continue;
+                    }
+                    if let Ok(prefix) = sample.prefix.parse::<IpNet>() {
+                        latency.add(prefix, RegionIdx(idx), sample.rtt_ms);
                     }
                 }
-                track.health()
-            })
-            .collect()
+            }
+            let headroom = report.headroom_fraction;
+            states.push(RegionLive {
+                health: track.health(),
+                spilling: track.spilling,
+                headroom: headroom
+                    .is_finite()
+                    .then_some(headroom.clamp(0.0, 1.0) as f32),
+                report_received: received_at,
+            });
+        }
+        LiveHealth {
+            ids,
+            regions: states,
+            latency: Arc::new(latency.build()),
+        }
     }
 }
 
@@ -255,8 +347,25 @@ mod tests {
         }
 
         fn health(&mut self) -> Health {
+            self.live().health
+        }
+
+        fn live(&mut self) -> RegionLive {
             self.view
-                .update(&self.ledger, ["eu-west"], &ProbeVerdicts::new(), self.now)[0]
+                .update(&self.ledger, ["eu-west"], &ProbeVerdicts::new(), self.now)
+                .regions[0]
+        }
+
+        /// A good report with this headroom; returns whether the region is spilling after it.
+        fn headroom(&mut self, fraction: f64) -> bool {
+            self.sequence += 1;
+            self.now += Duration::from_millis(100);
+            let mut frame = frame("eu-west", self.sequence, S::Ok, true);
+            frame.report.headroom_fraction = fraction;
+            self.ledger
+                .accept(&self.session, frame, self.now)
+                .expect("accepted");
+            self.live().spilling
         }
     }
 
@@ -384,6 +493,7 @@ mod tests {
             &ProbeVerdicts::new(),
             run.now,
         );
+        let health: Vec<Health> = health.regions.iter().map(|r| r.health).collect();
         assert_eq!(health, [Health::Unknown, Degraded, Health::Unknown]);
     }
 
@@ -395,5 +505,144 @@ mod tests {
         run.session = run.ledger.open_session("eu-west");
         run.sequence = 0;
         assert_eq!(run.report(S::Down, false), Down);
+    }
+
+    #[test]
+    fn spill_trips_at_the_watermark_and_recovers_after_the_hold() {
+        // Defaults: trip 0.05, recover 0.20, hold 3.
+        let cases: &[(&str, &[(f64, bool)])] = &[
+            ("plenty of headroom", &[(0.9, false), (0.3, false)]),
+            ("trips at the watermark itself", &[(0.05, true)]),
+            (
+                "recovers only after three reports above recover",
+                &[(0.01, true), (0.5, true), (0.5, true), (0.5, false)],
+            ),
+            (
+                "between the watermarks neither trips nor recovers",
+                &[
+                    (0.1, false),
+                    (0.01, true),
+                    (0.1, true),
+                    (0.15, true),
+                    (0.2, true),
+                ],
+            ),
+            (
+                "a report at or below recover restarts the hold",
+                &[
+                    (0.0, true),
+                    (0.9, true),
+                    (0.9, true),
+                    (0.2, true),
+                    (0.9, true),
+                    (0.9, true),
+                    (0.9, false),
+                ],
+            ),
+            ("NaN changes nothing", &[(0.0, true), (f64::NAN, true)]),
+        ];
+        for (name, steps) in cases {
+            let mut run = Run::new(Hysteresis::default());
+            for (i, &(fraction, spilling)) in steps.iter().enumerate() {
+                assert_eq!(run.headroom(fraction), spilling, "{name}: step {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn headroom_and_report_time_come_from_the_fresh_report_only() {
+        let mut run = Run::new(Hysteresis::default());
+        assert!(run.headroom(0.01));
+        let live = run.live();
+        assert_eq!(live.headroom, Some(0.01));
+        assert_eq!(live.report_received, Some(run.now));
+        run.now += Duration::from_millis(u64::from(VALIDITY_MS));
+        assert_eq!(
+            run.live(),
+            RegionLive::default(),
+            "silent: unknown, not spilling"
+        );
+        // Spilling is kept underneath: reports resume still spilling.
+        assert!(run.headroom(0.5));
+    }
+
+    #[test]
+    fn client_rtt_of_fresh_reports_becomes_the_latency_table() {
+        use crate::health::frame::ReceivedClientRtt;
+        let mut ledger = ReportLedger::new(Duration::from_secs(10));
+        let now = Instant::now();
+        let rtt = |prefix: &str, rtt_ms, samples| ReceivedClientRtt {
+            prefix: prefix.into(),
+            rtt_ms,
+            samples,
+        };
+        for (region, samples) in [
+            (
+                "eu-west",
+                vec![
+                    rtt("203.0.113.0/24", 12.0, 40),
+                    rtt("not a prefix", 1.0, 5),
+                    rtt("198.51.100.0/24", 3.0, 0),
+                ],
+            ),
+            ("us-east", vec![rtt("203.0.113.0/24", 80.0, 7)]),
+        ] {
+            let session = ledger.open_session(region);
+            let mut f = frame(region, 1, S::Ok, true);
+            f.report.client_rtt = samples;
+            ledger.accept(&session, f, now).expect("accepted");
+        }
+        let mut view = HealthView::new(Hysteresis::default());
+        let live = view.update(&ledger, ["us-east", "eu-west"], &ProbeVerdicts::new(), now);
+        let l = live
+            .latency
+            .lookup("203.0.113.9".parse().unwrap(), 32)
+            .unwrap();
+        assert_eq!(l.figures, &[(RegionIdx(1), 12.0), (RegionIdx(0), 80.0)]);
+        // Zero samples say nothing.
+        assert!(
+            live.latency
+                .lookup("198.51.100.1".parse().unwrap(), 32)
+                .is_none()
+        );
+        // Silence drops a region's figures.
+        let later = now + Duration::from_millis(u64::from(VALIDITY_MS));
+        let live = view.update(
+            &ledger,
+            ["us-east", "eu-west"],
+            &ProbeVerdicts::new(),
+            later,
+        );
+        assert!(live.latency.is_empty());
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Reports alternating between any two headroom figures never make spill-over flap
+        /// more than once: with trip < recover, one side of an alternation is at or below
+        /// recover, which restarts the hold every other report (hold ≥ 2).
+        #[test]
+        fn alternating_reports_never_flap(
+            a in 0.0f64..1.0,
+            b in 0.0f64..1.0,
+            hold in 2u32..6,
+            n in 4usize..40,
+        ) {
+            let spill = SpillWatermarks { trip: 0.05, recover: 0.2, hold_reports: hold };
+            let mut track = Track::new();
+            let mut flips = 0;
+            let mut last = track.spilling;
+            for i in 0..n {
+                track.count_headroom(if i % 2 == 0 { a } else { b }, spill);
+                if track.spilling != last {
+                    flips += 1;
+                    last = track.spilling;
+                }
+            }
+            // At most the trip (if one side is at or below trip); never a recovery, unless
+            // both sides are above recover (then it never tripped).
+            prop_assert!(flips <= 1, "{} flips for {} / {}", flips, a, b);
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The relay's admin listener: `/metrics`, `/region/health`, and operator actions (drain the
-//! relay, drain or undrain one backend, reload the configuration file).
+//! relay, drain or undrain one backend, reload the configuration file, pause or resume the
+//! health-channel reports).
 //!
 //! Plain HTTP/1.1 on `admin_listen` (loopback by default). It has no authentication yet: bind
 //! it only where operators alone can reach it. Mutating calls are `POST`s.
@@ -8,14 +9,14 @@ use std::{
     convert::Infallible,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
 };
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
@@ -42,7 +43,13 @@ pub struct AdminState {
     pub report_sequence: AtomicU64,
     /// `POST /admin/reload`: the same procedure as SIGHUP.
     pub reconfigure: Arc<Reconfigure>,
+    /// `POST /admin/reports {"paused": true}`: the health-channel sender sends nothing while
+    /// set (an unplanned drill: the DNS tier sees the region go silent).
+    pub reports_paused: Arc<AtomicBool>,
 }
+
+/// Largest body of an admin call (they are all tiny JSON objects).
+const MAX_ADMIN_BODY: usize = 4096;
 
 pub async fn serve_admin(
     listener: TcpListener,
@@ -141,6 +148,8 @@ async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full
                 &serde_json::json!({ "backend": id, "drained": drained }),
             )
         }
+        (&Method::GET, ["admin", "reports"]) => reports_status(state),
+        (&Method::POST, ["admin", "reports"]) => set_reports_paused(state, request).await,
         (&Method::POST, ["admin", "reload"]) => {
             info!("configuration reload requested through the admin API");
             reload(state).await
@@ -154,10 +163,70 @@ async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full
             &serde_json::json!({ "error": "not found", "routes": [
                 "GET /metrics", "GET /region/health", "GET /admin/backends",
                 "POST /admin/drain", "POST /admin/backends/{id}/drain", "POST /admin/backends/{id}/undrain",
-                "POST /admin/reload"
+                "POST /admin/reload", "GET /admin/reports", "POST /admin/reports"
             ]}),
         ),
     }
+}
+
+/// Whether the health channel is configured and whether its reports are paused.
+fn reports_status(state: &AdminState) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "configured": state.config.health_channel.is_some(),
+            "paused": state.reports_paused.load(Ordering::Relaxed),
+        }),
+    )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseReports {
+    paused: bool,
+}
+
+/// `POST /admin/reports {"paused": bool}`: 200 with the new state; 400 for another body; 409
+/// when there is no `[relay.health_channel]` to pause.
+async fn set_reports_paused(
+    state: &AdminState,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let body = match Limited::new(request.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(error) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": format!("cannot read the body: {error}") }),
+            );
+        }
+    };
+    let pause: PauseReports = match serde_json::from_slice(&body) {
+        Ok(pause) => pause,
+        Err(error) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": format!("expected {{\"paused\": true|false}}: {error}") }),
+            );
+        }
+    };
+    if state.config.health_channel.is_none() {
+        return json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({ "error": "no [relay.health_channel] is configured: there are no reports to pause" }),
+        );
+    }
+    let was = state.reports_paused.swap(pause.paused, Ordering::Relaxed);
+    if was != pause.paused {
+        info!(
+            paused = pause.paused,
+            "health-channel reports paused or resumed through the admin API"
+        );
+    }
+    reports_status(state)
 }
 
 /// 200 with what changed, or the rejection: 422 with every problem and its field path for a

@@ -147,6 +147,7 @@ pub fn needs_restart(running: &RelayConfig, new: &RelayConfig) -> Vec<&'static s
         limits,
         health,
         scrape_interval,
+        health_channel,
     } = new;
     [
         ("relay.region", running.region == *region),
@@ -164,6 +165,10 @@ pub fn needs_restart(running: &RelayConfig, new: &RelayConfig) -> Vec<&'static s
         ("shedding", running.shedding == *shedding),
         ("limits", running.limits == *limits),
         ("health", running.health == *health),
+        (
+            "relay.health_channel",
+            running.health_channel == *health_channel,
+        ),
     ]
     .into_iter()
     .filter(|&(_, same)| !same)
@@ -236,6 +241,20 @@ mod tests {
                     c.scrape_interval = Duration::from_millis(1);
                 },
                 &["relay.scrape_interval_ms", "health"],
+            ),
+            (
+                "health channel added",
+                |c| {
+                    c.health_channel = Some(crate::relay::config::model::HealthChannel {
+                        ca: PathBuf::from("ca.pem"),
+                        cert: PathBuf::from("relay.pem"),
+                        key: PathBuf::from("relay-key.pem"),
+                        interval: Duration::from_secs(1),
+                        validity: Duration::from_secs(3),
+                        nodes: Vec::new(),
+                    })
+                },
+                &["relay.health_channel"],
             ),
         ];
         let running = config(vec![backend("a", BackendKind::Vllm, &["m"], 4)]);

@@ -3,17 +3,27 @@
 //!
 //! Drain order: the proxy refuses new requests (503 + `Connection: close`), the fronts stop
 //! accepting and send GOAWAY (h2, h3), in-flight streams finish, the fronts return; only then
-//! do the probes, the admin listener, the certificate watcher and the SIGHUP listener stop.
+//! do the probes, the admin listener, the certificate watcher, the SIGHUP listener and the
+//! health-channel sender stop. The sender reports `draining` for as long as the drain lasts and
+//! sends one last report as it stops, so the DNS tier sees a planned stop as a drain, not as
+//! silence.
 //!
 //! Configuration reloads (SIGHUP, `POST /admin/reload`, [`RelayHandle::reload`]) all run
 //! [`Reconfigure::reload`]; the SIGHUP listener is installed before `start` returns, so a
 //! supervisor may send SIGHUP as soon as the relay reports ready.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use http::HeaderValue;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{
     admin::{AdminState, serve_admin},
@@ -24,16 +34,21 @@ use super::{
     probe,
     proxy::{Proxy, ProxyService},
     reconfigure::{Reconfigure, ReloadError, Reloaded},
+    report,
     service::RelayService,
     stats::RequestStats,
     tls::{self, CertStore, TlsError},
 };
+use crate::health::sender::{ChannelSetupError, HealthSenderConfig, run_sender};
 
 /// Why a relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// `[relay.health_channel]` names unusable files, or a certificate of another region.
+    #[error(transparent)]
+    HealthChannel(#[from] ChannelSetupError),
     #[error("cannot bind {transport} {address}: {source}")]
     Bind {
         transport: &'static str,
@@ -69,6 +84,7 @@ impl RelayHandle {
         tls::install_crypto_provider();
         let config = Arc::new(config);
         let certs = Arc::new(CertStore::load(config.tls.clone())?);
+        let health_sender = HealthSenderConfig::from_relay(&config)?;
         let tcp_config = tls::tcp_server_config(certs.clone())?;
 
         let (https_listener, udp) = bind_front(config.listen, config.http3).await?;
@@ -169,6 +185,35 @@ impl RelayHandle {
                 warn!(%error, "cannot listen for SIGHUP; reload through the admin API only")
             }
         }
+        let reports_paused = Arc::new(AtomicBool::new(false));
+        if let Some(sender) = health_sender {
+            let build = {
+                let (config, proxy, stats) = (config.clone(), proxy.clone(), stats.clone());
+                let paused = reports_paused.clone();
+                move |sequence| {
+                    // Paused for an unplanned drill: the DNS tier must see silence.
+                    if paused.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    Some(report::build(
+                        &config,
+                        proxy.pool(),
+                        &stats,
+                        proxy.is_draining(),
+                        sequence,
+                        Instant::now(),
+                    ))
+                }
+            };
+            let nodes = sender.nodes.len();
+            let stop = shutdown_rx.clone();
+            background.spawn(async move {
+                if let Err(error) = run_sender(sender, build, stop).await {
+                    error!(%error, "the health channel sender stopped; no reports are sent");
+                }
+            });
+            info!(nodes, "health channel: reporting to the DNS nodes");
+        }
         let admin_state = Arc::new(AdminState {
             config: config.clone(),
             proxy: proxy.clone(),
@@ -177,6 +222,7 @@ impl RelayHandle {
             drain: drain.clone(),
             report_sequence: Default::default(),
             reconfigure: reconfigure.clone(),
+            reports_paused,
         });
         background.spawn(serve_admin(admin_listener, admin_state, shutdown_rx));
 

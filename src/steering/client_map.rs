@@ -28,6 +28,11 @@ pub(crate) trait Preference {
     /// The ordering for a client inside an operator override preferring `regions`; `false`
     /// when none of them is a candidate, so the override does not apply to this policy.
     fn overridden(&self, regions: &[RegionIdx], out: &mut Vec<RegionIdx>) -> bool;
+    /// Cost-aware steering by distance: for a located client, writes per candidate position
+    /// `i` the bit set of candidate positions whose distance is within the budget of `i`'s.
+    /// Writes nothing (the default) when the policy has no distance budget or the location
+    /// no coordinates. Part of the class, so ranges differing here do not merge.
+    fn reach(&self, _location: &Location, _out: &mut Vec<u64>) {}
 }
 
 /// Where a client's class came from.
@@ -46,6 +51,9 @@ pub enum MapOrigin {
 pub struct MapLookup<'a> {
     /// A full ordering of the policy's candidates, most preferred first.
     pub class: &'a Arc<[RegionIdx]>,
+    /// See [`Preference::reach`]; `None` when the client has no coordinates or the policy
+    /// no distance budget.
+    pub reach: Option<&'a [u64]>,
     /// Shortest prefix length whose aligned block around the address has this class
     /// throughout: the ECS scope before clamping to the source prefix.
     pub scope_len: u8,
@@ -79,6 +87,8 @@ struct RangeTable<A> {
 #[derive(Debug)]
 pub struct ClientMap {
     classes: Vec<Arc<[RegionIdx]>>,
+    /// Parallel to `classes`; empty when the class has no reach.
+    reaches: Vec<Arc<[u64]>>,
     v4: RangeTable<u32>,
     v6: RangeTable<u128>,
 }
@@ -91,17 +101,21 @@ impl ClientMap {
     ) -> ClientMap {
         let mut classes = ClassInterner::default();
         let mut scratch = Vec::new();
+        let mut no_reach = Vec::new();
 
-        let mut classify =
-            |scratch: &mut Vec<RegionIdx>, basis: Basis, origin: MapOrigin| RangeInfo {
-                class: classes.intern(scratch),
-                origin,
-                basis,
-            };
+        let mut classify = |scratch: &mut Vec<RegionIdx>,
+                            reach: &[u64],
+                            basis: Basis,
+                            origin: MapOrigin| RangeInfo {
+            class: classes.intern(scratch, reach),
+            origin,
+            basis,
+        };
 
         scratch.clear();
         let basis = preference.unlocated(&mut scratch);
-        let unlocated = classify(&mut scratch, basis, MapOrigin::NoGeoData);
+        let unlocated = classify(&mut scratch, &no_reach, basis, MapOrigin::NoGeoData);
+        let mut reach = Vec::new();
 
         let empty = LocatedNetworks::default();
         let networks = networks.unwrap_or(&empty);
@@ -110,8 +124,10 @@ impl ClientMap {
             .iter()
             .map(|location| {
                 scratch.clear();
+                reach.clear();
                 let basis = preference.located(location, &mut scratch);
-                classify(&mut scratch, basis, MapOrigin::GeoIp)
+                preference.reach(location, &mut reach);
+                classify(&mut scratch, &reach, basis, MapOrigin::GeoIp)
             })
             .collect();
         let info_of = |id: crate::geo::LocationId| -> RangeInfo {
@@ -130,7 +146,13 @@ impl ClientMap {
                 continue;
             }
             let Ok(idx) = u32::try_from(i) else { break };
-            let info = classify(&mut scratch, Basis::Override, MapOrigin::Override(idx));
+            no_reach.clear();
+            let info = classify(
+                &mut scratch,
+                &no_reach,
+                Basis::Override,
+                MapOrigin::Override(idx),
+            );
             match o.network {
                 ipnet::IpNet::V4(n) => {
                     over_v4.push((u32::from(n.network()), u32::from(n.broadcast()), info, idx))
@@ -170,6 +192,7 @@ impl ClientMap {
         );
         ClientMap {
             classes: classes.classes,
+            reaches: classes.reaches,
             v4,
             v6,
         }
@@ -181,6 +204,11 @@ impl ClientMap {
             IpAddr::V4(a) => self.v4.lookup(u32::from(a)),
             IpAddr::V6(a) => self.v6.lookup(u128::from(a)),
         };
+        let reach = self
+            .reaches
+            .get(info.class as usize)
+            .filter(|r| !r.is_empty())
+            .map(|r| &r[..]);
         MapLookup {
             // Class ids come from the interner that filled `classes`; the fallback is never
             // taken but keeps the query path free of panics.
@@ -188,6 +216,7 @@ impl ClientMap {
                 .classes
                 .get(info.class as usize)
                 .unwrap_or(&self.classes[0]),
+            reach,
             scope_len,
             origin: info.origin,
             basis: info.basis,
@@ -205,23 +234,35 @@ impl ClientMap {
     }
 }
 
+/// The reaches seen with one ordering, each with its class id (almost always one).
+type ReachesOf = Vec<(Arc<[u64]>, u32)>;
+
+/// Interns (ordering, reach) pairs: a class is both, since either can change the answer.
 #[derive(Default)]
 struct ClassInterner {
     classes: Vec<Arc<[RegionIdx]>>,
-    index: HashMap<Arc<[RegionIdx]>, u32>,
+    reaches: Vec<Arc<[u64]>>,
+    index: HashMap<Arc<[RegionIdx]>, ReachesOf>,
 }
 
 impl ClassInterner {
-    fn intern(&mut self, list: &[RegionIdx]) -> u32 {
-        if let Some(&id) = self.index.get(list) {
+    fn intern(&mut self, list: &[RegionIdx], reach: &[u64]) -> u32 {
+        if let Some(seen) = self.index.get(list)
+            && let Some(&(_, id)) = seen.iter().find(|(r, _)| **r == *reach)
+        {
             return id;
         }
         // More distinct classes than u32 cannot come from ≤ u16 regions' orderings in practice;
         // saturate rather than panic.
         let id = u32::try_from(self.classes.len()).unwrap_or(u32::MAX);
-        let arc: Arc<[RegionIdx]> = Arc::from(list);
-        self.classes.push(arc.clone());
-        self.index.insert(arc, id);
+        let class: Arc<[RegionIdx]> = match self.index.get_key_value(list) {
+            Some((class, _)) => Arc::clone(class),
+            None => Arc::from(list),
+        };
+        let reach: Arc<[u64]> = Arc::from(reach);
+        self.classes.push(Arc::clone(&class));
+        self.reaches.push(Arc::clone(&reach));
+        self.index.entry(class).or_default().push((reach, id));
         id
     }
 }

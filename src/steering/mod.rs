@@ -2,31 +2,55 @@
 //!
 //! [`SteeringTable::build`] compiles the validated config, the GeoIP networks and the operator
 //! state into per-policy data once per snapshot; [`decide`] is then a pure function of that
-//! table and one query: eligibility (endpoint family) → ordering (client map, configured
-//! order, or weighted draw) → health filter (with fail-open / fail-closed) → first N. It does
-//! no IO, reads no clock (`now` is passed in) and allocates only the answer list unless a
-//! trace was asked for. Rendering records, ECS option handling and GeoIP lookups for the
-//! trace belong to the DNS shell, not here.
+//! table and one query, the chain of design §3:
+//!
+//! 1. model eligibility (compiled into the candidate list) and endpoint family;
+//! 2. ordering: client map (geo map / nearest), measured latency for the client's prefix
+//!    (falling back to the client map), configured order, or a weighted draw over
+//!    rate-limited weights ([`ramp`]);
+//! 3. health filter, with fail-open / fail-closed;
+//! 4. capacity spill-over: spilling regions go after every serving region that is not;
+//! 5. cost: the cheapest serving candidate within the budget of the first moves to the front;
+//! 6. the first N.
+//!
+//! It does no IO, reads no clock (`now` is passed in) and allocates only the answer list (and
+//! a walk order for client-dependent or spilling policies) unless a trace was asked for.
+//! Rendering records, ECS option handling and GeoIP lookups for the trace belong to the DNS
+//! shell, not here.
 
 pub mod client_map;
+pub mod latency;
 mod ordering;
+pub mod ramp;
 pub mod status;
 pub mod trace;
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
-    config::model::{AllUnhealthy, DnsConfig, Endpoints, RegionIdx, SteeringMode},
+    config::model::{
+        AllUnhealthy, CostPreference, DnsConfig, Endpoints, LatencyFallback, RegionIdx,
+        SteeringMode,
+    },
     geo::{GeoMatch, LocatedNetworks},
     operator_state::OperatorState,
 };
 
 pub use client_map::{ClientMap, MapLookup, MapOrigin};
+pub use latency::{LatencyLookup, LatencyTable, LatencyTableBuilder, LiveHealth};
 pub use ordering::great_circle_km;
-pub use status::{Exclusion, Health, RegionStatus, region_statuses};
-pub use trace::{FailOpenTier, MapTrace, Step, Trace};
+pub use ramp::WeightRamp;
+pub use status::{
+    Exclusion, Health, RegionLive, RegionStatus, region_statuses, region_statuses_live,
+};
+pub use trace::{CandidateState, CostTrace, FailOpenTier, MapTrace, Step, Trace};
 
-use ordering::{GeoMapPreference, NearestPreference, weighted_permutation};
+use ordering::{GeoMapPreference, MAX_REACH, NearestPreference, WithinKm, weighted_permutation};
 use status::status_of;
 
 /// Index into [`DnsConfig::gslb`].
@@ -101,6 +125,8 @@ pub enum Basis {
     Failover,
     /// The policy has one candidate; nothing to order.
     SingleCandidate,
+    /// Relay-measured RTT for the client's prefix.
+    Latency,
 }
 
 impl Basis {
@@ -116,6 +142,7 @@ impl Basis {
             Self::Weighted => "weighted",
             Self::Failover => "failover",
             Self::SingleCandidate => "single-candidate",
+            Self::Latency => "latency",
         }
     }
 }
@@ -145,6 +172,7 @@ impl Reason {
             Basis::Weighted => "weighted+fail-open",
             Basis::Failover => "failover+fail-open",
             Basis::SingleCandidate => "single-candidate+fail-open",
+            Basis::Latency => "latency+fail-open",
         }
     }
 }
@@ -179,6 +207,9 @@ struct RegionTraits {
     v6: bool,
     cname: bool,
     capacity: u32,
+    cost: f64,
+    /// Weight ramp period: the shortest TTL of the weighted policies it is a candidate of.
+    ramp_period: Duration,
 }
 
 impl RegionTraits {
@@ -203,11 +234,25 @@ enum PolicyOrdering {
 
 #[derive(Debug)]
 struct CompiledPolicy {
+    /// The configured candidates that serve the policy's model, in configured order.
     candidates: Box<[RegionIdx]>,
+    /// Configured candidates left out because they do not serve `model`.
+    model_excluded: Box<[RegionIdx]>,
     answers: usize,
     ttl: u32,
     when_all_unhealthy: AllUnhealthy,
     ordering: PolicyOrdering,
+    /// Latency mode with more than one candidate (the client map is the fallback).
+    latency: bool,
+    cost: Option<CostPreference>,
+}
+
+impl CompiledPolicy {
+    /// Whether the answer depends on latency data (and so on the client's /24 or /48).
+    fn uses_latency(&self) -> bool {
+        matches!(self.ordering, PolicyOrdering::Map(_))
+            && (self.latency || matches!(self.cost, Some(CostPreference::WithinMs(_))))
+    }
 }
 
 /// The part of the table that only changes with config or GeoIP data (expensive to build).
@@ -226,12 +271,23 @@ pub struct SteeringTable {
     max_ttl: Option<u32>,
     /// Effective TTL per policy under `statuses` and `max_ttl`.
     ttls: Vec<u32>,
+    /// Relay-measured client RTT per prefix, indexed like `statuses`.
+    latency: Arc<LatencyTable>,
+    /// Weighted-mode weight ramp per region, indexed like `statuses`.
+    ramps: Arc<[WeightRamp]>,
 }
 
 /// Identifies an ordering function, so policies sharing one share its client map. Configs
 /// may hold thousands of GSLB names over a handful of distinct maps.
 #[derive(PartialEq, Eq, Hash)]
-enum MapKey {
+struct MapKey {
+    ordering: OrderingKey,
+    /// `cost = { within_km }` budget (its bits): it is part of the map's classes.
+    within_km: Option<u64>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+enum OrderingKey {
     GeoMap {
         candidates: Vec<RegionIdx>,
         /// (level, code, regions), sorted: a canonical form of the three hash maps.
@@ -250,7 +306,7 @@ impl SteeringTable {
         networks: Option<&LocatedNetworks>,
         operator: &OperatorState,
     ) -> SteeringTable {
-        let regions = config
+        let mut regions: Vec<RegionTraits> = config
             .regions
             .iter()
             .map(|r| {
@@ -263,74 +319,177 @@ impl SteeringTable {
                     v6,
                     cname,
                     capacity: r.capacity,
+                    cost: r.cost,
+                    ramp_period: Duration::ZERO,
                 }
             })
             .collect();
 
         let mut maps: HashMap<MapKey, Arc<ClientMap>> = HashMap::new();
-        let policies = config
+        let policies: Vec<CompiledPolicy> = config
             .gslb
             .iter()
             .map(|g| {
                 let p = &g.policy;
-                let candidates = p.candidates.as_slice();
+                let serves_model = |r: &RegionIdx| match &p.model {
+                    None => true,
+                    Some(model) => {
+                        let models = &config.region(*r).models;
+                        models.is_empty() || models.contains(model)
+                    }
+                };
+                let (candidates, model_excluded): (Vec<RegionIdx>, Vec<RegionIdx>) =
+                    p.candidates.iter().copied().partition(|r| serves_model(r));
+                let within_km = match p.cost {
+                    Some(CostPreference::WithinKm(km)) => Some(km),
+                    _ => None,
+                };
+                let mut shared_map =
+                    |ordering: OrderingKey, preference: &dyn client_map::Preference| {
+                        let key = MapKey {
+                            ordering,
+                            within_km: within_km.map(f64::to_bits),
+                        };
+                        let map = maps.entry(key).or_insert_with(|| {
+                            let map = match within_km {
+                                Some(budget_km) => {
+                                    let with_budget = WithinKm {
+                                        inner: preference,
+                                        coordinates: candidates
+                                            .iter()
+                                            .map(|&r| config.region(r).coordinates)
+                                            .collect(),
+                                        budget_km,
+                                    };
+                                    ClientMap::build(&with_budget, networks, &config.overrides)
+                                }
+                                None => ClientMap::build(preference, networks, &config.overrides),
+                            };
+                            Arc::new(map)
+                        });
+                        PolicyOrdering::Map(Arc::clone(map))
+                    };
                 let ordering = match &p.mode {
                     _ if candidates.len() <= 1 => PolicyOrdering::Fixed(Basis::SingleCandidate),
                     SteeringMode::Failover => PolicyOrdering::Fixed(Basis::Failover),
                     SteeringMode::Weighted => PolicyOrdering::Weighted,
-                    // Until latency data is wired in, latency mode orders by its fallback.
                     SteeringMode::GeoMap(map)
-                    | SteeringMode::Latency(crate::config::model::LatencyFallback::GeoMap(map)) => {
-                        let key = geo_map_key(map, candidates);
-                        let map = maps.entry(key).or_insert_with(|| {
-                            let preference = GeoMapPreference { map, candidates };
-                            Arc::new(ClientMap::build(&preference, networks, &config.overrides))
-                        });
-                        PolicyOrdering::Map(Arc::clone(map))
-                    }
-                    SteeringMode::Nearest
-                    | SteeringMode::Latency(crate::config::model::LatencyFallback::Nearest) => {
-                        let key = MapKey::Nearest {
-                            candidates: candidates.to_vec(),
-                        };
-                        let map = maps.entry(key).or_insert_with(|| {
-                            let preference = NearestPreference {
-                                candidates,
+                    | SteeringMode::Latency(LatencyFallback::GeoMap(map)) => shared_map(
+                        geo_map_key(map, &candidates),
+                        &GeoMapPreference {
+                            map,
+                            candidates: &candidates,
+                        },
+                    ),
+                    SteeringMode::Nearest | SteeringMode::Latency(LatencyFallback::Nearest) => {
+                        shared_map(
+                            OrderingKey::Nearest {
+                                candidates: candidates.clone(),
+                            },
+                            &NearestPreference {
+                                candidates: &candidates,
                                 coordinates: candidates
                                     .iter()
                                     .map(|&r| config.region(r).coordinates)
                                     .collect(),
-                            };
-                            Arc::new(ClientMap::build(&preference, networks, &config.overrides))
-                        });
-                        PolicyOrdering::Map(Arc::clone(map))
+                            },
+                        )
                     }
                 };
+                let latency = matches!(p.mode, SteeringMode::Latency(_))
+                    && matches!(ordering, PolicyOrdering::Map(_));
                 CompiledPolicy {
                     candidates: candidates.into(),
+                    model_excluded: model_excluded.into(),
                     answers: p.answers.max(1),
                     ttl: p.ttl,
                     when_all_unhealthy: p.when_all_unhealthy,
                     ordering,
+                    latency,
+                    cost: p.cost,
                 }
             })
             .collect();
 
+        for p in &policies {
+            if !matches!(p.ordering, PolicyOrdering::Weighted) {
+                continue;
+            }
+            let period = Duration::from_secs(u64::from(p.ttl.max(1)));
+            for r in p.candidates.iter() {
+                if let Some(t) = regions.get_mut(r.get()) {
+                    t.ramp_period = if t.ramp_period.is_zero() {
+                        period
+                    } else {
+                        t.ramp_period.min(period)
+                    };
+                }
+            }
+        }
+
         let compiled = Arc::new(Compiled { policies, regions });
         let statuses = region_statuses(config, operator, &[]);
-        Self::assemble(compiled, statuses, operator.max_ttl)
+        let ramps = settled_ramps(&compiled, &statuses);
+        Self::assemble(
+            compiled,
+            statuses,
+            operator.max_ttl,
+            Arc::new(LatencyTable::default()),
+            ramps,
+        )
     }
 
     /// The same compiled policies with new region statuses (indexed by [`RegionIdx`]; see
-    /// [`region_statuses`]). Cheap: client maps are shared, not rebuilt, so the health plane
-    /// can call this on every flip.
+    /// [`region_statuses`]), weights settled at once (no ramp). Cheap: client maps are
+    /// shared, not rebuilt.
     pub fn with_statuses(&self, statuses: Vec<RegionStatus>) -> SteeringTable {
-        Self::assemble(Arc::clone(&self.compiled), statuses, self.max_ttl)
+        let ramps = settled_ramps(&self.compiled, &statuses);
+        Self::assemble(
+            Arc::clone(&self.compiled),
+            statuses,
+            self.max_ttl,
+            Arc::clone(&self.latency),
+            ramps,
+        )
+    }
+
+    /// The same compiled policies with the health plane's statuses and latency table at
+    /// `now`: weights that changed start ramping from where they are now ([`ramp`]).
+    pub fn with_live(
+        &self,
+        statuses: Vec<RegionStatus>,
+        latency: Arc<LatencyTable>,
+        now: Instant,
+    ) -> SteeringTable {
+        let ramps = statuses
+            .iter()
+            .enumerate()
+            .map(|(i, status)| {
+                let target = target_weight(&self.compiled, RegionIdx(i as u16), status);
+                match self.ramps.get(i) {
+                    Some(ramp) => ramp.retarget(target, now),
+                    None => WeightRamp::settled(target, ramp_period(&self.compiled, i)),
+                }
+            })
+            .collect();
+        Self::assemble(
+            Arc::clone(&self.compiled),
+            statuses,
+            self.max_ttl,
+            latency,
+            ramps,
+        )
     }
 
     /// The same table with the operator's TTL cap replaced (statuses unchanged).
     pub fn with_max_ttl(&self, max_ttl: Option<u32>) -> SteeringTable {
-        Self::assemble(Arc::clone(&self.compiled), self.statuses.clone(), max_ttl)
+        Self::assemble(
+            Arc::clone(&self.compiled),
+            self.statuses.clone(),
+            max_ttl,
+            Arc::clone(&self.latency),
+            Arc::clone(&self.ramps),
+        )
     }
 
     /// The operator's TTL cap in force, if any.
@@ -338,10 +497,17 @@ impl SteeringTable {
         self.max_ttl
     }
 
+    /// The latency table in force.
+    pub fn latency(&self) -> &Arc<LatencyTable> {
+        &self.latency
+    }
+
     fn assemble(
         compiled: Arc<Compiled>,
         statuses: Vec<RegionStatus>,
         max_ttl: Option<u32>,
+        latency: Arc<LatencyTable>,
+        ramps: Arc<[WeightRamp]>,
     ) -> SteeringTable {
         let ttls = compiled
             .policies
@@ -364,6 +530,8 @@ impl SteeringTable {
             statuses,
             max_ttl,
             ttls,
+            latency,
+            ramps,
         }
     }
 
@@ -404,14 +572,63 @@ impl SteeringTable {
             .is_some_and(|t| t.has_endpoints_for(want))
     }
 
-    /// Weighted-mode weight: capacity × operator percent (the /100 is a common factor).
-    fn weight(&self, r: RegionIdx) -> u64 {
+    /// Nominal weighted-mode weight: capacity × operator percent (the /100 is a common
+    /// factor), whatever the health. Fail-open draws use it.
+    fn nominal_weight(&self, r: RegionIdx) -> u64 {
         let capacity = self.compiled.regions.get(r.get()).map_or(0, |t| t.capacity);
         u64::from(capacity) * u64::from(self.status(r).weight_percent)
     }
+
+    /// The ramped weight in effect at `now` (0 for a region that is not serving).
+    fn effective_weight(&self, r: RegionIdx, now: Instant) -> u64 {
+        if target_weight(&self.compiled, r, &self.status(r)) <= 0.0 {
+            return 0;
+        }
+        match self.ramps.get(r.get()) {
+            // At least 1: a serving region with a weight is never a last resort.
+            Some(ramp) => (ramp.at(now).round() as u64).max(1),
+            None => self.nominal_weight(r),
+        }
+    }
+
+    fn cost(&self, r: RegionIdx) -> f64 {
+        self.compiled.regions.get(r.get()).map_or(0.0, |t| t.cost)
+    }
 }
 
-fn geo_map_key(map: &crate::config::model::GeoMap, candidates: &[RegionIdx]) -> MapKey {
+/// The weight a region's ramp heads for: nominal while serving, 0 otherwise.
+fn target_weight(compiled: &Compiled, r: RegionIdx, status: &RegionStatus) -> f64 {
+    if !status.is_serving() {
+        return 0.0;
+    }
+    let capacity = compiled.regions.get(r.get()).map_or(0, |t| t.capacity);
+    (u64::from(capacity) * u64::from(status.weight_percent)) as f64
+}
+
+fn ramp_period(compiled: &Compiled, i: usize) -> Duration {
+    // Regions in no weighted policy never draw; any period will do.
+    compiled
+        .regions
+        .get(i)
+        .map(|t| t.ramp_period)
+        .filter(|p| !p.is_zero())
+        .unwrap_or(Duration::from_secs(30))
+}
+
+fn settled_ramps(compiled: &Compiled, statuses: &[RegionStatus]) -> Arc<[WeightRamp]> {
+    statuses
+        .iter()
+        .enumerate()
+        .map(|(i, status)| {
+            WeightRamp::settled(
+                target_weight(compiled, RegionIdx(i as u16), status),
+                ramp_period(compiled, i),
+            )
+        })
+        .collect()
+}
+
+fn geo_map_key(map: &crate::config::model::GeoMap, candidates: &[RegionIdx]) -> OrderingKey {
     let mut entries: Vec<(u8, String, Vec<RegionIdx>)> = [
         (0u8, &map.subdivisions),
         (1, &map.countries),
@@ -425,7 +642,7 @@ fn geo_map_key(map: &crate::config::model::GeoMap, candidates: &[RegionIdx]) -> 
     })
     .collect();
     entries.sort();
-    MapKey::GeoMap {
+    OrderingKey::GeoMap {
         candidates: candidates.to_vec(),
         entries,
         default: map.default.clone(),
@@ -442,6 +659,135 @@ enum Tier {
     FailClosed,
 }
 
+/// What the cost step did, for the trace.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct WalkNotes {
+    /// The order before spill-over and cost (weighted: the drawn permutation).
+    drawn: Vec<RegionIdx>,
+    /// Spilling regions moved after the others.
+    spilled: Vec<RegionIdx>,
+    cost: Option<CostTrace>,
+}
+
+/// Inputs of the cost step that depend on the client.
+#[derive(Clone, Copy)]
+struct CostInputs<'a> {
+    rtts: Option<LatencyLookup<'a>>,
+    reach: Option<&'a [u64]>,
+}
+
+/// Walks `order` for one tier of the selection: the regions passing `keep`, in answer order,
+/// into `out`, truncated to the policy's `answers` (all of them when `full`).
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    table: &SteeringTable,
+    p: &CompiledPolicy,
+    order: &[RegionIdx],
+    keep: &dyn Fn(RegionIdx) -> bool,
+    weight: &dyn Fn(RegionIdx) -> u64,
+    seed: u64,
+    inputs: CostInputs<'_>,
+    full: bool,
+    out: &mut Vec<RegionIdx>,
+    notes: Option<&mut WalkNotes>,
+) {
+    let spilling = |r: RegionIdx| table.status(r).is_spilling();
+    let any_spilling = order.iter().any(|&r| keep(r) && spilling(r));
+    // Spill-over and cost look past the first N; otherwise stop there.
+    let limit = if full || any_spilling || p.cost.is_some() {
+        order.len()
+    } else {
+        p.answers
+    };
+    match p.ordering {
+        PolicyOrdering::Weighted => weighted_permutation(order, keep, weight, seed, limit, out),
+        PolicyOrdering::Fixed(_) | PolicyOrdering::Map(_) => {
+            out.extend(order.iter().copied().filter(|&r| keep(r)).take(limit));
+        }
+    }
+    let drawn = notes.is_some().then(|| out.clone());
+    if any_spilling {
+        // Stable: each group keeps the ordering's preference.
+        out.sort_by_key(|&r| spilling(r));
+    }
+    let cost = p
+        .cost
+        .map(|budget| cost_step(table, p, budget, inputs, out));
+    out.truncate(p.answers);
+    if let Some(notes) = notes {
+        notes.drawn = drawn.unwrap_or_default();
+        notes.spilled = if any_spilling {
+            notes
+                .drawn
+                .iter()
+                .copied()
+                .filter(|&r| spilling(r))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        notes.cost = cost;
+    }
+}
+
+/// Moves the cheapest region within the budget of the first one's figure to the front of
+/// `order` (never a spilling one ahead of one that is not).
+fn cost_step(
+    table: &SteeringTable,
+    p: &CompiledPolicy,
+    budget: CostPreference,
+    inputs: CostInputs<'_>,
+    order: &mut [RegionIdx],
+) -> CostTrace {
+    let mut trace = CostTrace {
+        budget,
+        first: order.first().copied(),
+        within: Vec::new(),
+        chosen: None,
+    };
+    let Some(&first) = order.first() else {
+        return trace;
+    };
+    let position = |r: RegionIdx| {
+        p.candidates
+            .iter()
+            .position(|&c| c == r)
+            .filter(|&i| i < MAX_REACH)
+    };
+    let within = |r: RegionIdx| -> bool {
+        match budget {
+            CostPreference::WithinMs(ms) => {
+                let Some(rtts) = inputs.rtts else {
+                    return false;
+                };
+                match (rtts.rtt(first), rtts.rtt(r)) {
+                    (Some(f), Some(x)) => f64::from(x) <= f64::from(f) + ms,
+                    _ => false,
+                }
+            }
+            CostPreference::WithinKm(_) => {
+                let (Some(reach), Some(i), Some(j)) = (inputs.reach, position(first), position(r))
+                else {
+                    return false;
+                };
+                reach.get(i).is_some_and(|mask| mask & (1 << j) != 0)
+            }
+        }
+    };
+    let group = table.status(first).is_spilling();
+    let best = order
+        .iter()
+        .enumerate()
+        .filter(|&(_, &r)| table.status(r).is_spilling() == group && within(r))
+        .inspect(|&(_, &r)| trace.within.push((r, table.cost(r))))
+        .min_by(|a, b| table.cost(*a.1).total_cmp(&table.cost(*b.1)));
+    if let Some((i, &r)) = best {
+        order[..=i].rotate_right(1);
+        trace.chosen = Some(r);
+    }
+    trace
+}
+
 /// Decides the answer for one query of `policy`. Pure: the same inputs give the same decision.
 ///
 /// Panics if `policy` is not an index of the config the table was built from.
@@ -452,34 +798,65 @@ pub fn decide(
     question: &Question,
     now: Instant,
 ) -> Decision {
-    // Reserved for TTL ramps ahead of planned drills; nothing depends on time yet.
-    let _ = now;
     let p = &table.compiled.policies[policy.0 as usize];
     let ttl = table.ttls[policy.0 as usize];
     let want = question.want;
 
-    let (order, basis, lookup): (&[RegionIdx], Basis, Option<MapLookup<'_>>) = match &p.ordering {
-        PolicyOrdering::Fixed(basis) => (&p.candidates, *basis, None),
-        PolicyOrdering::Weighted => (&p.candidates, Basis::Weighted, None),
-        PolicyOrdering::Map(map) => {
-            let l = map.lookup(client.addr);
-            (l.class, l.basis, Some(l))
+    let lookup = match &p.ordering {
+        PolicyOrdering::Map(map) => Some(map.lookup(client.addr)),
+        PolicyOrdering::Fixed(_) | PolicyOrdering::Weighted => None,
+    };
+    let rtts = if p.uses_latency() {
+        table.latency.lookup(client.addr, client.source_prefix)
+    } else {
+        None
+    };
+    let by_latency: Option<Vec<RegionIdx>> = match (p.latency, rtts, lookup) {
+        (true, Some(l), Some(map)) if l.figures.iter().any(|(r, _)| p.candidates.contains(r)) => {
+            let mut order: Vec<RegionIdx> = l
+                .figures
+                .iter()
+                .map(|&(r, _)| r)
+                .filter(|r| p.candidates.contains(r))
+                .collect();
+            order.extend(map.class.iter().copied().filter(|r| l.rtt(*r).is_none()));
+            Some(order)
         }
+        _ => None,
+    };
+    let (order, basis): (&[RegionIdx], Basis) = match (&by_latency, &p.ordering, lookup) {
+        (Some(order), _, _) => (order, Basis::Latency),
+        (None, _, Some(l)) => (l.class, l.basis),
+        (None, PolicyOrdering::Fixed(basis), None) => (&p.candidates, *basis),
+        (None, _, None) => (&p.candidates, Basis::Weighted),
+    };
+    let inputs = CostInputs {
+        rtts,
+        reach: lookup.and_then(|l| l.reach),
     };
 
     let eligible = |r: RegionIdx| table.has_endpoints_for(r, want);
-    let select = |keep: &dyn Fn(RegionIdx) -> bool, out: &mut Vec<RegionIdx>| match p.ordering {
-        PolicyOrdering::Weighted => weighted_permutation(
+    let serving_weight = |r: RegionIdx| table.effective_weight(r, now);
+    let nominal_weight = |r: RegionIdx| table.nominal_weight(r);
+    let mut notes = question.explain.then(WalkNotes::default);
+    let mut select = |keep: &dyn Fn(RegionIdx) -> bool,
+                      weight: &dyn Fn(RegionIdx) -> u64,
+                      out: &mut Vec<RegionIdx>| {
+        if let Some(notes) = notes.as_mut() {
+            *notes = WalkNotes::default();
+        }
+        walk(
+            table,
+            p,
             order,
             keep,
-            |r| table.weight(r),
+            weight,
             client.seed,
-            p.answers,
+            inputs,
+            question.explain,
             out,
-        ),
-        PolicyOrdering::Fixed(_) | PolicyOrdering::Map(_) => {
-            out.extend(order.iter().copied().filter(|&r| keep(r)).take(p.answers));
-        }
+            notes.as_mut(),
+        );
     };
 
     let (outcome, tier) = if !p.candidates.iter().any(|&r| eligible(r)) {
@@ -488,6 +865,7 @@ pub fn decide(
         let mut chosen = Vec::with_capacity(p.answers.min(p.candidates.len()));
         select(
             &|r| eligible(r) && table.status(r).is_serving(),
+            &serving_weight,
             &mut chosen,
         );
         if !chosen.is_empty() {
@@ -499,10 +877,11 @@ pub fn decide(
                     // Ignore health first; undo operator decisions only if nothing else is left.
                     select(
                         &|r| eligible(r) && table.status(r).is_health_excluded_only(),
+                        &nominal_weight,
                         &mut chosen,
                     );
                     let tier = if chosen.is_empty() {
-                        select(&eligible, &mut chosen);
+                        select(&eligible, &nominal_weight, &mut chosen);
                         FailOpenTier::IgnoreOperator
                     } else {
                         FailOpenTier::IgnoreHealth
@@ -514,7 +893,16 @@ pub fn decide(
     };
 
     let ecs_scope = match (&outcome, lookup) {
-        (Outcome::Regions(_), Some(l)) => l.scope_len.min(client.source_prefix),
+        (Outcome::Regions(_), Some(l)) => {
+            // Latency data is per /24 (/48): a neighbouring prefix may answer differently
+            // even where this one fell back.
+            let scope = if p.uses_latency() {
+                l.scope_len.max(LatencyTable::data_prefix(client.addr))
+            } else {
+                l.scope_len
+            };
+            scope.min(client.source_prefix)
+        }
         _ => 0,
     };
     let mut decision = Decision {
@@ -529,7 +917,20 @@ pub fn decide(
     };
     if question.explain {
         decision.trace = Some(trace::explain(
-            table, policy, client, question, &decision, lookup, tier,
+            table,
+            policy,
+            client,
+            question,
+            &decision,
+            trace::Inputs {
+                lookup,
+                rtts,
+                order,
+                basis,
+                tier,
+                notes: notes.unwrap_or_default(),
+                now,
+            },
         ));
     }
     decision

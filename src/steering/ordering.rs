@@ -113,6 +113,57 @@ impl Preference for NearestPreference<'_> {
     }
 }
 
+/// Most candidates a distance budget considers: reaches are one `u64` bit set per
+/// candidate. Candidates past it are never moved to the front by cost.
+pub(crate) const MAX_REACH: usize = 64;
+
+/// Any ordering, plus the distance budget of cost-aware steering (`cost = { within_km }`):
+/// for a located client, which candidates are within `budget_km` of each candidate's
+/// distance. Computed per GeoIP location at build time because `decide` never sees
+/// coordinates.
+pub(crate) struct WithinKm<'a> {
+    pub inner: &'a dyn Preference,
+    /// Coordinates of each candidate, in the policy's candidate order.
+    pub coordinates: Vec<Coordinates>,
+    pub budget_km: f64,
+}
+
+impl Preference for WithinKm<'_> {
+    fn located(&self, location: &Location, out: &mut Vec<RegionIdx>) -> Basis {
+        self.inner.located(location, out)
+    }
+
+    fn unlocated(&self, out: &mut Vec<RegionIdx>) -> Basis {
+        self.inner.unlocated(out)
+    }
+
+    fn overridden(&self, regions: &[RegionIdx], out: &mut Vec<RegionIdx>) -> bool {
+        self.inner.overridden(regions, out)
+    }
+
+    fn reach(&self, location: &Location, out: &mut Vec<u64>) {
+        let Some(client) = location
+            .coordinates
+            .filter(|c| c.latitude.is_finite() && c.longitude.is_finite())
+        else {
+            return;
+        };
+        let distances: Vec<f64> = self
+            .coordinates
+            .iter()
+            .take(MAX_REACH)
+            .map(|c| great_circle_km(client, *c))
+            .collect();
+        out.extend(distances.iter().map(|&from| {
+            distances
+                .iter()
+                .enumerate()
+                .filter(|&(_, &d)| d <= from + self.budget_km)
+                .fold(0u64, |mask, (j, _)| mask | (1 << j))
+        }));
+    }
+}
+
 /// Haversine distance on a spherical Earth (mean radius), in km. Good to ~0.5 %, far finer
 /// than GeoIP accuracy.
 pub fn great_circle_km(a: Coordinates, b: Coordinates) -> f64 {
@@ -305,6 +356,35 @@ mod tests {
             assert_eq!(pref.located(&location, &mut out), basis, "{location:?}");
             assert_eq!(out, want.map(r), "{location:?}");
         }
+    }
+
+    #[test]
+    fn reach_marks_candidates_within_the_budget_of_each() {
+        let c = |lat, lon| Coordinates {
+            latitude: lat,
+            longitude: lon,
+        };
+        let candidates = [r(0), r(1), r(2)];
+        let nearest = NearestPreference {
+            candidates: &candidates,
+            coordinates: vec![c(53.3, -6.3), c(39.0, -77.5), c(50.1, 8.7)],
+        };
+        let pref = WithinKm {
+            inner: &nearest,
+            coordinates: nearest.coordinates.clone(),
+            budget_km: 1500.0,
+        };
+        // London: Dublin ≈ 460 km, Frankfurt ≈ 640 km, Ashburn ≈ 5900 km.
+        let london = Location {
+            coordinates: Some(c(51.5, -0.1)),
+            ..Location::default()
+        };
+        let mut reach = Vec::new();
+        pref.reach(&london, &mut reach);
+        assert_eq!(reach, [0b101, 0b111, 0b101]);
+        reach.clear();
+        pref.reach(&Location::default(), &mut reach);
+        assert!(reach.is_empty());
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Whether a region may receive new clients: operator state combined with health.
 //!
-//! Health comes from relay reports (a later health plane); this module only fixes what the
-//! combination means, so the decision code never interprets raw reports.
+//! Health, spill-over and headroom come from relay reports through the health plane's view
+//! ([`RegionLive`]); this module only fixes what the combination means, so the decision code
+//! never interprets raw reports.
+
+use std::time::Instant;
 
 use crate::{
     config::model::{DnsConfig, RegionIdx},
@@ -31,13 +34,33 @@ impl Health {
     }
 }
 
+/// What the health plane reports about one region at one moment: the input of
+/// [`region_statuses_live`], produced by `health::view::HealthView`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RegionLive {
+    pub health: Health,
+    /// Capacity spill-over, with hysteresis (design §4): new clients go to the next region
+    /// first. Never set without a fresh report.
+    pub spilling: bool,
+    /// Headroom fraction (0 = saturated, 1 = idle) of the latest fresh report.
+    pub headroom: Option<f32>,
+    /// When this node received that report (its own clock), for report ages.
+    pub report_received: Option<Instant>,
+}
+
 /// Everything the decision needs to know about a region right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RegionStatus {
     pub admin: AdminState,
     /// Operator multiplier on capacity in the weighted mode, in percent.
     pub weight_percent: u32,
     pub health: Health,
+    /// Serving but short of headroom: ordered after every serving region that is not.
+    pub spilling: bool,
+    /// Headroom fraction of the latest fresh report, if any.
+    pub headroom: Option<f32>,
+    /// When the latest fresh report was received, if any.
+    pub report_received: Option<Instant>,
 }
 
 impl Default for RegionStatus {
@@ -46,6 +69,9 @@ impl Default for RegionStatus {
             admin: AdminState::Auto,
             weight_percent: 100,
             health: Health::Unknown,
+            spilling: false,
+            headroom: None,
+            report_received: None,
         }
     }
 }
@@ -94,7 +120,25 @@ impl RegionStatus {
     /// Whether answers that include this region as a candidate get a shorter TTL
     /// (gdnsd halves it while a resource is in transition).
     pub fn lowers_ttl(&self) -> bool {
-        self.admin == AdminState::Drain || self.health == Health::Degraded
+        self.ttl_lowered_because().is_some()
+    }
+
+    /// Why this region lowers the TTL of answers it is a candidate of, if it does.
+    pub fn ttl_lowered_because(&self) -> Option<&'static str> {
+        if self.admin == AdminState::Drain {
+            Some("drain")
+        } else if self.health == Health::Degraded {
+            Some("degraded")
+        } else if self.spilling && self.is_serving() {
+            Some("spilling")
+        } else {
+            None
+        }
+    }
+
+    /// Spilling and serving: ordered after the serving regions that are not spilling.
+    pub fn is_spilling(&self) -> bool {
+        self.spilling && self.is_serving()
     }
 }
 
@@ -105,16 +149,36 @@ pub fn region_statuses(
     operator: &OperatorState,
     health: &[Health],
 ) -> Vec<RegionStatus> {
+    let live: Vec<RegionLive> = health
+        .iter()
+        .map(|&health| RegionLive {
+            health,
+            ..RegionLive::default()
+        })
+        .collect();
+    region_statuses_live(config, operator, &live)
+}
+
+/// Like [`region_statuses`], from the health plane's full per-region state.
+pub fn region_statuses_live(
+    config: &DnsConfig,
+    operator: &OperatorState,
+    live: &[RegionLive],
+) -> Vec<RegionStatus> {
     config
         .regions
         .iter()
         .enumerate()
         .map(|(i, region)| {
             let op = operator.region(&region.id);
+            let live = live.get(i).copied().unwrap_or_default();
             RegionStatus {
                 admin: op.admin,
                 weight_percent: op.weight_percent,
-                health: health.get(i).copied().unwrap_or_default(),
+                health: live.health,
+                spilling: live.spilling,
+                headroom: live.headroom,
+                report_received: live.report_received,
             }
         })
         .collect()
@@ -147,12 +211,19 @@ mod tests {
         for (admin, health, exclusion, lowers) in cases {
             let s = RegionStatus {
                 admin,
-                weight_percent: 100,
                 health,
+                ..RegionStatus::default()
             };
             assert_eq!(s.exclusion(), exclusion, "{admin:?} {health:?}");
             assert_eq!(s.is_serving(), exclusion.is_none());
             assert_eq!(s.lowers_ttl(), lowers, "{admin:?} {health:?}");
+            // Spilling lowers the TTL and orders last only while the region serves.
+            let spilling = RegionStatus {
+                spilling: true,
+                ..s
+            };
+            assert_eq!(spilling.is_spilling(), s.is_serving());
+            assert_eq!(spilling.lowers_ttl(), lowers || s.is_serving());
         }
     }
 }

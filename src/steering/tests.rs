@@ -3,7 +3,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use hickory_proto::rr::Name;
@@ -12,7 +12,10 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    config::model::{CidrOverride, Coordinates, GeoMap, GslbName, Limits, Region, SteeringPolicy},
+    config::model::{
+        CidrOverride, Coordinates, CostPreference, GeoMap, GslbName, LatencyFallback, Limits,
+        Region, SteeringPolicy,
+    },
     geo::{Location, LocationId},
     operator_state::{AdminState, RegionOperatorState},
 };
@@ -118,7 +121,15 @@ const CNAME_MIX: u32 = 6;
 const GEO_TWO: u32 = 7;
 const GEO_TWIN: u32 = 8;
 const V4_ONLY: u32 = 9;
-const POLICIES: u32 = 10;
+/// Latency, falling back to the geo map.
+const LATENCY: u32 = 10;
+/// Latency falling back to nearest, preferring the cheapest within 20 ms of the best.
+const LATENCY_COST: u32 = 11;
+/// Nearest, preferring the cheapest within 6000 km of the nearest.
+const NEAREST_COST: u32 = 12;
+/// Failover bound to the `llama-70b` pool, which us-east does not serve.
+const MODEL: u32 = 13;
+const POLICIES: u32 = 14;
 
 fn world() -> DnsConfig {
     let mut c = empty_config(vec![
@@ -145,6 +156,20 @@ fn world() -> DnsConfig {
     fail_closed.when_all_unhealthy = AllUnhealthy::FailClosed;
     let mut geo_two = policy(geo.clone(), &[EU_WEST, US_EAST, AP_SOUTH]);
     geo_two.answers = 2;
+    let mut latency_cost = policy(
+        SteeringMode::Latency(LatencyFallback::Nearest),
+        &[EU_WEST, US_EAST, AP_SOUTH],
+    );
+    latency_cost.cost = Some(CostPreference::WithinMs(20.0));
+    let mut nearest_cost = policy(SteeringMode::Nearest, &[EU_WEST, US_EAST, AP_SOUTH]);
+    nearest_cost.cost = Some(CostPreference::WithinKm(6000.0));
+    let mut model = policy(SteeringMode::Failover, &[US_EAST, EU_WEST, AP_SOUTH]);
+    model.model = Some("llama-70b".into());
+    // Serving cheaper regions is the point of cost-aware steering; the pools differ.
+    c.regions[usize::from(US_EAST)].cost = 0.5;
+    c.regions[usize::from(AP_SOUTH)].cost = 0.2;
+    c.regions[usize::from(US_EAST)].models = vec!["llama-8b".into()];
+    c.regions[usize::from(AP_SOUTH)].models = vec!["llama-8b".into(), "llama-70b".into()];
     let policies = [
         ("geo", policy(geo.clone(), &[EU_WEST, US_EAST, AP_SOUTH])),
         (
@@ -163,8 +188,21 @@ fn world() -> DnsConfig {
         ("closed", fail_closed),
         ("mix", policy(SteeringMode::Failover, &[AP_SOUTH, CDN])),
         ("geo2", geo_two),
-        ("geo-twin", policy(geo, &[EU_WEST, US_EAST, AP_SOUTH])),
+        (
+            "geo-twin",
+            policy(geo.clone(), &[EU_WEST, US_EAST, AP_SOUTH]),
+        ),
         ("v4only", policy(SteeringMode::Failover, &[AP_SOUTH])),
+        (
+            "latency",
+            policy(
+                SteeringMode::Latency(LatencyFallback::GeoMap(geo_map())),
+                &[EU_WEST, US_EAST, AP_SOUTH],
+            ),
+        ),
+        ("latency-cost", latency_cost),
+        ("nearest-cost", nearest_cost),
+        ("model", model),
     ];
     c.gslb = policies
         .into_iter()
@@ -276,8 +314,8 @@ fn with(table: &SteeringTable, spec: &[StatusSpec]) -> SteeringTable {
     for &(i, admin, health) in spec {
         statuses[usize::from(i)] = RegionStatus {
             admin,
-            weight_percent: 100,
             health,
+            ..RegionStatus::default()
         };
     }
     table.with_statuses(statuses)
@@ -792,8 +830,18 @@ fn decision_table() {
 #[test]
 fn policies_with_the_same_ordering_function_share_a_client_map() {
     let (_, table) = table();
-    // geo, geo2 and geo-twin share one map; nearest has its own; the rest need none.
-    assert_eq!(table.client_map_count(), 2);
+    // geo, geo2, geo-twin and latency share one map; nearest and latency-cost another;
+    // nearest-cost's distance budget is part of its classes, so it has its own; the rest
+    // need none.
+    assert_eq!(table.client_map_count(), 3);
+    assert!(Arc::ptr_eq(
+        table.client_map(PolicyIdx(GEO)).unwrap(),
+        table.client_map(PolicyIdx(LATENCY)).unwrap()
+    ));
+    assert!(Arc::ptr_eq(
+        table.client_map(PolicyIdx(NEAREST)).unwrap(),
+        table.client_map(PolicyIdx(LATENCY_COST)).unwrap()
+    ));
     let geo = table.client_map(PolicyIdx(GEO)).unwrap();
     assert!(Arc::ptr_eq(
         geo,
@@ -825,7 +873,7 @@ fn operator_state_flows_into_statuses() {
         RegionStatus {
             admin: AdminState::Drain,
             weight_percent: 40,
-            health: Health::Unknown
+            ..RegionStatus::default()
         }
     );
     assert_eq!(*table.region_status(r(EU_WEST)), RegionStatus::default());
@@ -868,7 +916,7 @@ fn trace_explains_each_step() {
         "location=GB/GB-ENG/EU lat=51.51 lon=-0.09 net=81.2.69.0/24",
         "map=geoip basis=geo-country scope=24 class=eu-west,us-east,ap-south",
         "candidates=eu-west,us-east,ap-south",
-        "region=eu-west admin=drain health=unknown weight=100% effective-weight=10000",
+        "region=eu-west admin=drain health=unknown weight=100% effective-weight=0",
         "region=us-east admin=auto health=unknown weight=100% effective-weight=30000",
         "region=ap-south admin=auto health=unknown weight=100% effective-weight=60000",
         "step=eligibility want=A removed=none",
@@ -1008,11 +1056,15 @@ fn any_status() -> impl Strategy<Value = RegionStatus> {
         prop_oneof![Just(Auto), Just(ForceUp), Just(ForceDown), Just(Drain)],
         prop_oneof![Just(Unknown), Just(Up), Just(Degraded), Just(Down)],
         prop_oneof![Just(0u32), Just(50), Just(100), Just(1000)],
+        any::<bool>(),
     )
-        .prop_map(|(admin, health, weight_percent)| RegionStatus {
+        .prop_map(|(admin, health, weight_percent, spilling)| RegionStatus {
             admin,
             weight_percent,
             health,
+            spilling,
+            headroom: spilling.then_some(0.01),
+            report_received: None,
         })
 }
 
@@ -1087,6 +1139,13 @@ proptest! {
         }
 
         prop_assert!(d.ecs_scope <= c.source_prefix);
+        // A model-bound name answers only regions serving its model.
+        let serves_model = |r: &RegionIdx| match &p.model {
+            None => true,
+            Some(m) => config.region(*r).models.is_empty() || config.region(*r).models.contains(m),
+        };
+        let candidates: Vec<RegionIdx> = p.candidates.iter().copied().filter(serves_model).collect();
+        let p = &SteeringPolicy { candidates, ..p.clone() };
         let client_independent = matches!(p.mode, SteeringMode::Weighted | SteeringMode::Failover) || p.candidates.len() == 1;
         if client_independent {
             prop_assert_eq!(d.ecs_scope, 0);
@@ -1117,6 +1176,14 @@ proptest! {
                     }
                 }
                 prop_assert_eq!(d.reason.fail_open, !any_serving);
+                // Spill-over: a spilling region never precedes a serving one that is not.
+                let spilling = |r: RegionIdx| statuses[r.get()].is_spilling();
+                let any_calm = p.candidates.iter().any(|&r| eligible(r) && serving(r) && !spilling(r));
+                if any_calm && any_serving {
+                    prop_assert!(!spilling(rs[0]), "spilling {:?} first", rs[0]);
+                    let first_spilling = rs.iter().position(|&r| spilling(r)).unwrap_or(rs.len());
+                    prop_assert!(rs[first_spilling..].iter().all(|&r| spilling(r)));
+                }
             }
             Outcome::NoData => prop_assert!(!any_eligible),
             Outcome::ServFail => {
@@ -1128,4 +1195,418 @@ proptest! {
         let lowered = p.candidates.iter().any(|&r| statuses[r.get()].lowers_ttl());
         prop_assert_eq!(d.ttl, if lowered { (p.ttl / 2).max(1) } else { p.ttl });
     }
+}
+
+/// Latency data for the world's prefixes: GB-ENG prefers us-east (odd but measured), the
+/// Mumbai prefix has figures for ap-south and eu-west only.
+fn latency_world() -> LatencyTable {
+    let mut b = LatencyTableBuilder::default();
+    for (prefix, region, rtt) in [
+        ("81.2.69.0/24", US_EAST, 25.0),
+        ("81.2.69.0/24", EU_WEST, 10.0),
+        ("81.2.69.0/24", AP_SOUTH, 100.0),
+        ("203.0.113.0/24", AP_SOUTH, 8.0),
+        ("203.0.113.0/24", EU_WEST, 120.0),
+        ("2001:db8::/48", US_EAST, 30.0),
+    ] {
+        assert!(b.add(prefix.parse().unwrap(), r(region), rtt));
+    }
+    b.build()
+}
+
+fn status(admin: AdminState, health: Health, spilling: bool) -> RegionStatus {
+    RegionStatus {
+        admin,
+        health,
+        spilling,
+        headroom: spilling.then_some(0.02),
+        ..RegionStatus::default()
+    }
+}
+
+/// Spill-over, latency, cost and model eligibility through `decide`.
+#[test]
+fn health_plane_decisions() {
+    let (_, base) = table();
+    let calm = vec![RegionStatus::default(); 4];
+    let spill = |i: u16| {
+        let mut s = calm.clone();
+        s[usize::from(i)] = status(Auto, Up, true);
+        s
+    };
+    let mut eu_spilling_us_down = spill(EU_WEST);
+    eu_spilling_us_down[usize::from(US_EAST)] = status(Auto, Down, false);
+    let mut all_spilling = calm.clone();
+    for i in [EU_WEST, US_EAST, AP_SOUTH] {
+        all_spilling[usize::from(i)] = status(Auto, Up, true);
+    }
+    let mut us_down = calm.clone();
+    us_down[usize::from(US_EAST)] = status(Auto, Down, false);
+
+    // (name, statuses, policy, client, answer, basis, scope, ttl)
+    type Row = (
+        &'static str,
+        Vec<RegionStatus>,
+        u32,
+        &'static str,
+        &'static [u16],
+        Basis,
+        u8,
+        u32,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "no spill",
+            calm.clone(),
+            GEO,
+            "81.2.69.0/24",
+            &[EU_WEST],
+            B::GeoCountry,
+            24,
+            30,
+        ),
+        (
+            "spilling region goes last",
+            spill(EU_WEST),
+            GEO,
+            "81.2.69.0/24",
+            &[US_EAST],
+            B::GeoCountry,
+            24,
+            15,
+        ),
+        (
+            "spilling beats down",
+            eu_spilling_us_down.clone(),
+            GEO,
+            "81.2.69.0/24",
+            &[AP_SOUTH],
+            B::GeoCountry,
+            24,
+            15,
+        ),
+        (
+            "all spilling: plain order",
+            all_spilling,
+            GEO,
+            "81.2.69.0/24",
+            &[EU_WEST],
+            B::GeoCountry,
+            24,
+            15,
+        ),
+        (
+            "spilling elsewhere still lowers the ttl",
+            spill(AP_SOUTH),
+            GEO,
+            "81.2.69.0/24",
+            &[EU_WEST],
+            B::GeoCountry,
+            24,
+            15,
+        ),
+        (
+            "latency: lowest rtt",
+            calm.clone(),
+            LATENCY,
+            "81.2.69.0/24",
+            &[EU_WEST],
+            B::Latency,
+            24,
+            30,
+        ),
+        (
+            "latency: rtt beats the geo map",
+            calm.clone(),
+            LATENCY,
+            "203.0.113.0/24",
+            &[AP_SOUTH],
+            B::Latency,
+            24,
+            30,
+        ),
+        (
+            "latency: spilling still goes last",
+            spill(EU_WEST),
+            LATENCY,
+            "81.2.69.0/24",
+            &[US_EAST],
+            B::Latency,
+            24,
+            15,
+        ),
+        (
+            "latency v6",
+            calm.clone(),
+            LATENCY,
+            "2001:db8::/56",
+            &[US_EAST],
+            B::Latency,
+            48,
+            30,
+        ),
+        (
+            "latency: no data falls back, scope /24",
+            calm.clone(),
+            LATENCY,
+            "2.16.0.0/24",
+            &[EU_WEST],
+            B::GeoContinent,
+            24,
+            30,
+        ),
+        (
+            "latency: short source prefix falls back",
+            calm.clone(),
+            LATENCY,
+            "81.2.0.0/16",
+            &[US_EAST],
+            B::GeoDefault,
+            16,
+            30,
+        ),
+        (
+            "within 20 ms of eu-west, us-east is cheaper",
+            calm.clone(),
+            LATENCY_COST,
+            "81.2.69.0/24",
+            &[US_EAST],
+            B::Latency,
+            24,
+            30,
+        ),
+        (
+            "cheap but down",
+            us_down.clone(),
+            LATENCY_COST,
+            "81.2.69.0/24",
+            &[EU_WEST],
+            B::Latency,
+            24,
+            30,
+        ),
+        (
+            "ms budget without data: no change",
+            calm.clone(),
+            LATENCY_COST,
+            "8.8.8.0/24",
+            &[US_EAST],
+            B::Nearest,
+            24,
+            30,
+        ),
+        (
+            "within 6000 km of Dublin from London",
+            calm.clone(),
+            NEAREST_COST,
+            "81.2.69.0/24",
+            &[US_EAST],
+            B::Nearest,
+            24,
+            30,
+        ),
+        (
+            "Mumbai: nothing cheaper in reach",
+            calm.clone(),
+            NEAREST_COST,
+            "203.0.113.0/24",
+            &[AP_SOUTH],
+            B::Nearest,
+            24,
+            30,
+        ),
+        (
+            "unlocated: no change",
+            calm.clone(),
+            NEAREST_COST,
+            "1.0.0.0/24",
+            &[EU_WEST],
+            B::Unlocated,
+            7,
+            30,
+        ),
+        (
+            "cost never promotes a spilling region",
+            spill(US_EAST),
+            NEAREST_COST,
+            "81.2.69.0/24",
+            &[EU_WEST],
+            B::Nearest,
+            24,
+            15,
+        ),
+        (
+            "model: us-east does not serve it",
+            calm.clone(),
+            MODEL,
+            "192.0.2.0/24",
+            &[EU_WEST],
+            B::Failover,
+            0,
+            30,
+        ),
+        (
+            "model: a down excluded region does not lower the ttl",
+            us_down,
+            MODEL,
+            "192.0.2.0/24",
+            &[EU_WEST],
+            B::Failover,
+            0,
+            30,
+        ),
+    ];
+    let latency = Arc::new(latency_world());
+    for (name, statuses, policy, prefix, answer, basis, scope, ttl) in rows {
+        let table = base.with_live(statuses, Arc::clone(&latency), Instant::now());
+        let d = ask(
+            &table,
+            policy,
+            &client(prefix, ClientSource::Ecs, 1),
+            Want::Any,
+        );
+        let want: Vec<RegionIdx> = answer.iter().map(|&i| r(i)).collect();
+        assert_eq!(
+            (d.outcome, d.reason.basis, d.ecs_scope, d.ttl),
+            (Outcome::Regions(want), basis, scope, ttl),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn spilling_regions_go_last_in_weighted_draws() {
+    let (_, base) = table();
+    let mut statuses = vec![RegionStatus::default(); 4];
+    statuses[usize::from(AP_SOUTH)] = status(Auto, Up, true);
+    let table = base.with_statuses(statuses);
+    let mut geo2_like = 0;
+    for seed in 0..2_000 {
+        let d = ask(
+            &table,
+            WEIGHTED,
+            &client("192.0.2.0/24", ClientSource::Ecs, seed),
+            Want::V4,
+        );
+        assert_ne!(
+            d.outcome,
+            Outcome::Regions(vec![r(AP_SOUTH)]),
+            "seed {seed}"
+        );
+        geo2_like += usize::from(d.outcome == Outcome::Regions(vec![r(US_EAST)]));
+    }
+    // us-east : eu-west = 300 : 100 among the calm ones.
+    assert!((1_400..1_600).contains(&geo2_like), "{geo2_like}");
+}
+
+#[test]
+fn weighted_weights_ramp_back_after_a_region_returns() {
+    let (config, base) = table();
+    let t0 = Instant::now();
+    let ttl = Duration::from_secs(30);
+    let mut statuses = vec![RegionStatus::default(); 4];
+    statuses[usize::from(EU_WEST)].health = Down;
+    let down = base.with_live(statuses.clone(), Arc::default(), t0);
+    statuses[usize::from(EU_WEST)].health = Up;
+    let back = down.with_live(statuses, Arc::default(), t0 + ttl);
+    let eu_line = |table: &SteeringTable, at: Instant| {
+        let q = Question {
+            want: Want::V4,
+            explain: true,
+        };
+        decide(
+            table,
+            PolicyIdx(WEIGHTED),
+            &client("192.0.2.0/24", ClientSource::Ecs, 0),
+            &q,
+            at,
+        )
+        .trace
+        .unwrap()
+        .lines(&config)
+        .into_iter()
+        .find(|l| l.starts_with("region=eu-west"))
+        .unwrap()
+    };
+    let cases = [
+        (
+            &down,
+            t0,
+            "region=eu-west admin=auto health=down weight=100% effective-weight=0",
+        ),
+        (
+            &back,
+            t0 + ttl,
+            "region=eu-west admin=auto health=up weight=100% effective-weight=1250 ramping-to=10000",
+        ),
+        (
+            &back,
+            t0 + ttl * 2,
+            "region=eu-west admin=auto health=up weight=100% effective-weight=2500 ramping-to=10000",
+        ),
+        (
+            &back,
+            t0 + ttl * 4,
+            "region=eu-west admin=auto health=up weight=100% effective-weight=10000",
+        ),
+    ];
+    for (table, at, want) in cases {
+        assert_eq!(eu_line(table, at), want);
+    }
+}
+
+#[test]
+fn trace_shows_latency_spill_cost_and_model() {
+    let (config, base) = table();
+    let now = Instant::now();
+    let mut statuses = vec![RegionStatus::default(); 4];
+    statuses[usize::from(AP_SOUTH)] = RegionStatus {
+        report_received: Some(now - Duration::from_millis(350)),
+        ..status(Auto, Up, true)
+    };
+    let table = base.with_live(statuses, Arc::new(latency_world()), now);
+    let explain = |policy, prefix| {
+        let q = Question {
+            want: Want::Any,
+            explain: true,
+        };
+        decide(
+            &table,
+            PolicyIdx(policy),
+            &client(prefix, ClientSource::Ecs, 0),
+            &q,
+            now,
+        )
+        .trace
+        .unwrap()
+        .lines(&config)
+    };
+    let lines = explain(LATENCY_COST, "203.0.113.0/24");
+    for line in [
+        "name=latency-cost.gslb.example.com. mode=latency fallback=nearest answers=1 ttl=30 all-unhealthy=fail-open",
+        "region=ap-south admin=auto health=up weight=100% effective-weight=60000 spilling headroom=0.02 report-age=350ms",
+        "step=latency prefix=203.0.113.0/24 rtt=ap-south:8.0ms,eu-west:120.0ms",
+        "step=order basis=latency order=ap-south,eu-west,us-east",
+        "step=spill moved-last=ap-south",
+        "step=cost within=20ms first=eu-west chosen=eu-west candidates=eu-west(cost=1)",
+        "ttl=15 policy-ttl=30 lowered-by=ap-south(spilling)",
+        "answer=eu-west scope=24 ttl=15 reason=latency",
+    ] {
+        assert!(lines.iter().any(|l| l == line), "{line} not in {lines:#?}");
+    }
+    let lines = explain(NEAREST_COST, "81.2.69.0/24");
+    assert!(
+        lines.contains(&"step=cost within=6000km first=eu-west chosen=us-east candidates=eu-west(cost=1),us-east(cost=0.5)".to_owned()),
+        "{lines:#?}"
+    );
+    let lines = explain(MODEL, "192.0.2.0/24");
+    assert!(
+        lines
+            .contains(&"step=model model=llama-70b excluded=us-east(not-serving-model)".to_owned()),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(&"candidates=eu-west,ap-south".to_owned()),
+        "{lines:#?}"
+    );
 }

@@ -4,17 +4,25 @@
 //! the per-step sets instead of making the query path record them), and rendered as short
 //! lines that fit one TXT character-string each.
 
-use std::{fmt::Write, net::IpAddr};
+use std::{
+    fmt::Write,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
 
 use crate::{
-    config::model::{AllUnhealthy, DnsConfig, RegionIdx, SteeringMode},
+    config::model::{
+        AllUnhealthy, CostPreference, DnsConfig, LatencyFallback, RegionIdx, SteeringMode,
+    },
     geo::GeoMatch,
 };
 
 use super::{
-    Basis, ClientInput, ClientSource, Decision, Exclusion, MapLookup, MapOrigin, Outcome,
-    PolicyIdx, PolicyOrdering, Question, Reason, RegionStatus, SteeringTable, Tier, Want,
-    weighted_permutation,
+    Basis, ClientInput, ClientSource, Decision, Exclusion, LatencyLookup, MapLookup, MapOrigin,
+    Outcome, PolicyIdx, PolicyOrdering, Question, Reason, RegionStatus, SteeringTable, Tier,
+    WalkNotes, Want,
 };
 
 /// Longest line [`Trace::lines`] produces: within one DNS TXT character-string (255), with
@@ -41,9 +49,37 @@ pub struct MapTrace {
     pub scope_len: u8,
 }
 
+/// What the cost step saw and did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CostTrace {
+    pub budget: CostPreference,
+    /// The region the budget is measured from (first after ordering and spill-over).
+    pub first: Option<RegionIdx>,
+    /// Regions within the budget (and in the first one's spill group), with their cost.
+    pub within: Vec<(RegionIdx, f64)>,
+    pub chosen: Option<RegionIdx>,
+}
+
+/// One candidate's state as the decision saw it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CandidateState {
+    pub region: RegionIdx,
+    pub status: RegionStatus,
+    /// Weighted-mode weight in effect (ramped; 0 when not serving).
+    pub effective_weight: u64,
+    /// Nominal weight: capacity × operator weight.
+    pub nominal_weight: u64,
+    /// Age of the latest fresh report at the decision's `now`.
+    pub report_age: Option<Duration>,
+}
+
 /// One step of the chain and its effect.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Step {
+    /// Configured candidates that do not serve the policy's model.
+    Model {
+        excluded: Vec<RegionIdx>,
+    },
     /// Candidates without endpoints of the wanted family.
     Eligibility {
         want: Want,
@@ -56,10 +92,22 @@ pub enum Step {
         order: Vec<RegionIdx>,
         seed: Option<u64>,
     },
+    /// Latency mode (or a `within_ms` budget): the figures for the client's prefix, if any.
+    Latency {
+        /// `None`: no data (or a source prefix too short to know the client's /24, /48).
+        prefix: Option<IpNet>,
+        /// (region, RTT ms) among the candidates, lowest first.
+        figures: Vec<(RegionIdx, f32)>,
+    },
     /// Eligible regions that are not serving.
     Health {
         removed: Vec<(RegionIdx, Exclusion)>,
     },
+    /// Spilling regions moved after the serving regions that are not spilling.
+    Spill {
+        moved: Vec<RegionIdx>,
+    },
+    Cost(CostTrace),
     FailOpen {
         tier: FailOpenTier,
     },
@@ -83,8 +131,8 @@ pub struct Trace {
     /// `None` when the answer does not depend on the client.
     pub map: Option<MapTrace>,
     pub candidates: Vec<RegionIdx>,
-    /// Status of every candidate.
-    pub statuses: Vec<(RegionIdx, RegionStatus, u64)>,
+    /// State of every candidate.
+    pub statuses: Vec<CandidateState>,
     pub steps: Vec<Step>,
     pub outcome: Outcome,
     pub reason: Reason,
@@ -95,60 +143,72 @@ pub struct Trace {
     pub ttl_lowered_by: Vec<RegionIdx>,
 }
 
+/// What `decide` already worked out, handed to [`explain`].
+pub(super) struct Inputs<'a> {
+    pub lookup: Option<MapLookup<'a>>,
+    pub rtts: Option<LatencyLookup<'a>>,
+    /// The order the selection walked (latency, class or configured).
+    pub order: &'a [RegionIdx],
+    pub basis: Basis,
+    pub tier: Tier,
+    /// Of the tier that produced the answer.
+    pub notes: WalkNotes,
+    pub now: Instant,
+}
+
 pub(super) fn explain(
     table: &SteeringTable,
     policy: PolicyIdx,
     client: &ClientInput,
     question: &Question,
     decision: &Decision,
-    lookup: Option<MapLookup<'_>>,
-    tier: Tier,
+    inputs: Inputs<'_>,
 ) -> Trace {
+    let Inputs {
+        lookup,
+        rtts,
+        order,
+        basis,
+        tier,
+        notes,
+        now,
+    } = inputs;
     let p = &table.compiled.policies[policy.0 as usize];
     let want = question.want;
     let eligible = |r: RegionIdx| table.has_endpoints_for(r, want);
     let candidates = p.candidates.to_vec();
 
-    let (order, basis): (Vec<RegionIdx>, Basis) = match (&p.ordering, lookup) {
-        (_, Some(l)) => (l.class.to_vec(), l.basis),
-        (PolicyOrdering::Fixed(b), None) => (candidates.clone(), *b),
-        _ => (candidates.clone(), Basis::Weighted),
-    };
-
-    let mut steps = vec![Step::Eligibility {
+    let mut steps = Vec::new();
+    if !p.model_excluded.is_empty() {
+        steps.push(Step::Model {
+            excluded: p.model_excluded.to_vec(),
+        });
+    }
+    steps.push(Step::Eligibility {
         want,
         removed: candidates
             .iter()
             .copied()
             .filter(|&r| !eligible(r))
             .collect(),
-    }];
+    });
+    if p.uses_latency() {
+        steps.push(Step::Latency {
+            prefix: rtts.map(|l| l.prefix),
+            figures: rtts
+                .map(|l| {
+                    l.figures
+                        .iter()
+                        .copied()
+                        .filter(|(r, _)| p.candidates.contains(r))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
     if tier != Tier::NoEligible {
-        let considered = |r: RegionIdx| {
-            eligible(r)
-                && match tier {
-                    Tier::Serving | Tier::FailClosed | Tier::NoEligible => {
-                        table.status(r).is_serving()
-                    }
-                    Tier::FailOpen(FailOpenTier::IgnoreHealth) => {
-                        table.status(r).is_health_excluded_only()
-                    }
-                    Tier::FailOpen(FailOpenTier::IgnoreOperator) => true,
-                }
-        };
         let (walked, seed) = match p.ordering {
-            PolicyOrdering::Weighted => {
-                let mut drawn = Vec::new();
-                weighted_permutation(
-                    &order,
-                    considered,
-                    |r| table.weight(r),
-                    client.seed,
-                    order.len(),
-                    &mut drawn,
-                );
-                (drawn, Some(client.seed))
-            }
+            PolicyOrdering::Weighted => (notes.drawn.clone(), Some(client.seed)),
             _ => (
                 order.iter().copied().filter(|&r| eligible(r)).collect(),
                 None,
@@ -170,6 +230,14 @@ pub(super) fn explain(
             Tier::FailOpen(tier) => steps.push(Step::FailOpen { tier }),
             Tier::FailClosed => steps.push(Step::FailClosed),
             Tier::Serving | Tier::NoEligible => {}
+        }
+        if !notes.spilled.is_empty() {
+            steps.push(Step::Spill {
+                moved: notes.spilled.clone(),
+            });
+        }
+        if let Some(cost) = notes.cost {
+            steps.push(Step::Cost(cost));
         }
         if let Outcome::Regions(chosen) = &decision.outcome {
             steps.push(Step::Select {
@@ -194,7 +262,18 @@ pub(super) fn explain(
         }),
         statuses: candidates
             .iter()
-            .map(|&r| (r, table.status(r), table.weight(r)))
+            .map(|&r| {
+                let status = table.status(r);
+                CandidateState {
+                    region: r,
+                    status,
+                    effective_weight: table.effective_weight(r, now),
+                    nominal_weight: table.nominal_weight(r),
+                    report_age: status
+                        .report_received
+                        .map(|at| now.saturating_duration_since(at)),
+                }
+            })
             .collect(),
         candidates,
         steps,
@@ -225,7 +304,8 @@ impl Trace {
                 SteeringMode::Nearest => "nearest",
                 SteeringMode::Weighted => "weighted",
                 SteeringMode::Failover => "failover",
-                SteeringMode::Latency(_) => "latency",
+                SteeringMode::Latency(LatencyFallback::GeoMap(_)) => "latency fallback=geo-map",
+                SteeringMode::Latency(LatencyFallback::Nearest) => "latency fallback=nearest",
             };
             let unhealthy = match g.policy.when_all_unhealthy {
                 AllUnhealthy::FailOpen => "fail-open",
@@ -289,17 +369,74 @@ impl Trace {
             );
         }
         out.list("candidates=", self.candidates.iter().map(|&r| id(r)));
-        for (r, s, weight) in &self.statuses {
-            out.push(format!(
-                "region={} admin={} health={} weight={}% effective-weight={weight}",
-                id(*r),
+        for c in &self.statuses {
+            let s = &c.status;
+            let mut line = format!(
+                "region={} admin={} health={} weight={}% effective-weight={}",
+                id(c.region),
                 s.admin.as_str(),
                 s.health.as_str(),
                 s.weight_percent,
-            ));
+                c.effective_weight,
+            );
+            if c.effective_weight != c.nominal_weight && s.is_serving() {
+                let _ = write!(line, " ramping-to={}", c.nominal_weight);
+            }
+            if s.spilling {
+                line.push_str(" spilling");
+            }
+            if let Some(h) = s.headroom {
+                let _ = write!(line, " headroom={h:.2}");
+            }
+            if let Some(age) = c.report_age {
+                let _ = write!(line, " report-age={}ms", age.as_millis());
+            }
+            out.push(line);
         }
         for step in &self.steps {
             match step {
+                Step::Model { excluded } => {
+                    let model = config
+                        .gslb
+                        .get(self.policy.0 as usize)
+                        .and_then(|g| g.policy.model.as_deref())
+                        .unwrap_or("?");
+                    out.list(
+                        &format!("step=model model={model} excluded="),
+                        excluded
+                            .iter()
+                            .map(|&r| format!("{}(not-serving-model)", id(r))),
+                    );
+                }
+                Step::Latency { prefix, figures } => match prefix {
+                    Some(prefix) => out.list(
+                        &format!("step=latency prefix={prefix} rtt="),
+                        figures
+                            .iter()
+                            .map(|&(r, rtt)| format!("{}:{rtt:.1}ms", id(r))),
+                    ),
+                    None => out.push("step=latency prefix=none (no data: fallback)".to_owned()),
+                },
+                Step::Spill { moved } => {
+                    out.list("step=spill moved-last=", moved.iter().map(|&r| id(r)))
+                }
+                Step::Cost(cost) => {
+                    let budget = match cost.budget {
+                        CostPreference::WithinKm(km) => format!("{km}km"),
+                        CostPreference::WithinMs(ms) => format!("{ms}ms"),
+                    };
+                    let head = format!(
+                        "step=cost within={budget} first={} chosen={} candidates=",
+                        cost.first.map_or("none", id),
+                        cost.chosen.map_or("none (no data)", id),
+                    );
+                    out.list_or_none(
+                        &head,
+                        cost.within
+                            .iter()
+                            .map(|&(r, c)| format!("{}(cost={c})", id(r))),
+                    );
+                }
                 Step::Eligibility { want, removed } => {
                     let why = match want {
                         Want::V4 => "(no-v4)",
@@ -347,17 +484,12 @@ impl Trace {
                     self.ttl, self.policy_ttl
                 ),
                 self.ttl_lowered_by.iter().map(|&r| {
-                    let s = self
+                    let why = self
                         .statuses
                         .iter()
-                        .find(|(x, _, _)| *x == r)
-                        .map(|(_, s, _)| *s)
-                        .unwrap_or_default();
-                    let why = if s.admin == crate::operator_state::AdminState::Drain {
-                        "drain"
-                    } else {
-                        "degraded"
-                    };
+                        .find(|c| c.region == r)
+                        .and_then(|c| c.status.ttl_lowered_because())
+                        .unwrap_or("?");
                     format!("{}({why})", id(r))
                 }),
             );

@@ -40,6 +40,36 @@ pub struct RelayConfig {
     pub health: HealthChecks,
     /// How often backend load signals (`/metrics`, `/slots`) are scraped.
     pub scrape_interval: Duration,
+    /// `[relay.health_channel]`: where region reports are pushed; `None` = nowhere.
+    pub health_channel: Option<HealthChannel>,
+}
+
+/// The relay's end of the health channel (design §4): the files are only named here;
+/// [`crate::health::sender::HealthSenderConfig::from_relay`] reads them and checks that the
+/// certificate's region is [`RelayConfig::region`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthChannel {
+    /// The deployment CA, the only root trusted for the DNS nodes' certificates.
+    pub ca: PathBuf,
+    /// This relay's client certificate (its region in a SAN URI) and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Time between two reports.
+    pub interval: Duration,
+    /// How long after receipt a report may be trusted (≥ `interval`; the DNS node caps it).
+    pub validity: Duration,
+    /// At least one; ids and addresses unique.
+    pub nodes: Vec<HealthChannelNode>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthChannelNode {
+    /// Names the node in logs: 1 to 63 of `a-z`, `0-9`, `-`.
+    pub id: Arc<str>,
+    /// The node's `[health] listen` address (QUIC, UDP).
+    pub address: SocketAddr,
+    /// DNS name or IP address its certificate is verified against.
+    pub server_name: String,
 }
 
 /// PEM files; reloaded when they change, without dropping connections.

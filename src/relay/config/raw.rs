@@ -51,6 +51,9 @@ pub struct RawRelay {
     #[serde(default = "default_scrape_interval_ms")]
     pub scrape_interval_ms: i64,
     pub tls: RawTls,
+    /// `None`: this relay reports to no DNS node.
+    #[serde(default)]
+    pub health_channel: Option<RawHealthChannel>,
 }
 
 // Loopback: the admin listener serves drain and metrics without authentication, so exposing it
@@ -75,6 +78,45 @@ pub fn default_scrape_interval_ms() -> i64 {
 pub struct RawTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// `[relay.health_channel]`: the QUIC report channel to the DNS tier (design §4).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthChannel {
+    /// The deployment CA (`meridian certs deployment`), the only root trusted for the nodes.
+    pub ca: PathBuf,
+    /// This relay's certificate from the same deployment; its region must be `relay.region`.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default = "default_report_interval_ms")]
+    pub interval_ms: i64,
+    #[serde(default = "default_report_validity_ms")]
+    pub validity_ms: i64,
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<RawHealthNode>,
+}
+
+/// `[[relay.health_channel.node]]`: one DNS node's health listener.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthNode {
+    pub id: String,
+    /// `ip:port` of the node's `[health] listen`.
+    pub address: String,
+    /// The name (DNS name or IP) the node's certificate is checked against.
+    pub server_name: String,
+}
+
+// Once a second (design §4): fast enough that the DNS tier follows load within a few seconds,
+// and a report is a few hundred bytes per node.
+pub fn default_report_interval_ms() -> i64 {
+    1000
+}
+
+// Three intervals: one or two lost reports do not make the region unknown.
+pub fn default_report_validity_ms() -> i64 {
+    3000
 }
 
 /// `[[backend]]`: one LLM server.

@@ -222,6 +222,14 @@ fn documented_example_is_valid() {
     assert_eq!(gateway.base_url.path(), "/openai");
     assert_eq!((gateway.slots, gateway.capacity), (8, 8));
     assert_eq!(config.backends[1].capacity, 24);
+    let channel = config.health_channel.as_ref().unwrap();
+    assert_eq!(
+        channel.cert,
+        PathBuf::from("/etc/meridian/pki/relay-eu-west.pem")
+    );
+    assert_eq!((channel.interval, channel.validity), (ms(1000), ms(3000)));
+    let nodes: Vec<&str> = channel.nodes.iter().map(|n| &*n.id).collect();
+    assert_eq!(nodes, ["pop-a", "pop-b"]);
     // It spells out every default.
     assert_eq!(
         (
@@ -286,6 +294,7 @@ fn bad_documents_are_located() {
         "http3",
         "scrape_interval_ms",
         "tls",
+        "health_channel",
     ]);
     let top_keys = strings(&[
         "relay", "backend", "timeouts", "retry", "shedding", "limits", "health",
@@ -656,6 +665,184 @@ fn bad_documents_are_located() {
             error(
                 "health.eject_after_failures",
                 out_of_range(0, 1, u32::MAX.into()),
+            ),
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(field_errors(&text), [expected], "{text}");
+    }
+}
+
+/// A valid `[relay.health_channel]`, appended to `BASE` by the cases below.
+const CHANNEL: &str = r#"
+[relay.health_channel]
+ca = "pki/ca.pem"
+cert = "pki/relay-eu-west.pem"
+key = "/etc/meridian/pki/relay-eu-west-key.pem"
+
+[[relay.health_channel.node]]
+id = "pop-a"
+address = "192.0.2.53:8853"
+server_name = "pop-a.dns.example"
+
+[[relay.health_channel.node]]
+id = "pop-b"
+address = "[2001:db8::53]:8853"
+server_name = "2001:db8::53"
+"#;
+
+fn with_channel(from: &str, to: &str) -> String {
+    assert!(CHANNEL.contains(from), "CHANNEL has no {from:?}");
+    format!("{BASE}{}", CHANNEL.replacen(from, to, 1))
+}
+
+#[test]
+fn health_channel_is_optional_and_parsed() {
+    assert_eq!(parse(BASE).unwrap().health_channel, None);
+    let config = parse(&format!("{BASE}{CHANNEL}")).unwrap();
+    let channel = config.health_channel.unwrap();
+    assert_eq!(channel.ca, PathBuf::from("/etc/meridian/pki/ca.pem"));
+    assert_eq!(
+        channel.cert,
+        PathBuf::from("/etc/meridian/pki/relay-eu-west.pem")
+    );
+    assert_eq!(
+        channel.key,
+        PathBuf::from("/etc/meridian/pki/relay-eu-west-key.pem")
+    );
+    assert_eq!((channel.interval, channel.validity), (ms(1000), ms(3000)));
+    let nodes: Vec<_> = channel
+        .nodes
+        .iter()
+        .map(|n| (&*n.id, n.address, n.server_name.as_str()))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("pop-a", addr("192.0.2.53:8853"), "pop-a.dns.example"),
+            ("pop-b", addr("[2001:db8::53]:8853"), "2001:db8::53"),
+        ]
+    );
+    let tuned = with_channel("key =", "interval_ms = 250\nvalidity_ms = 250\nkey =");
+    let channel = parse(&tuned).unwrap().health_channel.unwrap();
+    assert_eq!((channel.interval, channel.validity), (ms(250), ms(250)));
+}
+
+#[test]
+fn bad_health_channels_are_located() {
+    let node_keys = strings(&["id", "address", "server_name"]);
+    let cases: Vec<(String, FieldError)> = vec![
+        (
+            with_channel("id = \"pop-a\"", "id = \"pop-a\"\nport = 1"),
+            error(
+                "relay.health_channel.node[0].port",
+                Problem::UnknownKey {
+                    key: "port".into(),
+                    expected: node_keys,
+                },
+            ),
+        ),
+        (
+            with_channel("ca = \"pki/ca.pem\"\n", ""),
+            error(
+                "relay.health_channel.ca",
+                Problem::MissingKey { key: "ca".into() },
+            ),
+        ),
+        (
+            with_channel("ca = \"pki/ca.pem\"", "ca = \"\""),
+            error("relay.health_channel.ca", Problem::EmptyPath),
+        ),
+        (
+            with_channel("key =", "interval_ms = 50\nkey ="),
+            error(
+                "relay.health_channel.interval_ms",
+                out_of_range(50, 100, 60_000),
+            ),
+        ),
+        (
+            with_channel("key =", "validity_ms = 700000\nkey ="),
+            error(
+                "relay.health_channel.validity_ms",
+                out_of_range(700_000, 100, 600_000),
+            ),
+        ),
+        (
+            with_channel("key =", "interval_ms = 4000\nkey ="),
+            error(
+                "relay.health_channel.interval_ms",
+                Problem::ExceedsField {
+                    value: 4000,
+                    other: "relay.health_channel.validity_ms".into(),
+                    other_value: 3000,
+                },
+            ),
+        ),
+        (
+            format!(
+                "{BASE}{}",
+                CHANNEL
+                    .split("[[relay.health_channel.node]]")
+                    .next()
+                    .unwrap()
+            ),
+            error("relay.health_channel.node", Problem::EmptyList),
+        ),
+        (
+            with_channel("id = \"pop-b\"", "id = \"pop-a\""),
+            error(
+                "relay.health_channel.node[1].id",
+                Problem::Duplicate {
+                    value: "pop-a".into(),
+                    first: "relay.health_channel.node[0].id".into(),
+                },
+            ),
+        ),
+        (
+            with_channel("id = \"pop-a\"", "id = \"Pop A\""),
+            error(
+                "relay.health_channel.node[0].id",
+                Problem::InvalidName {
+                    name: "Pop A".into(),
+                    reason: "a DNS node id is 1 to 63 characters from a-z, 0-9 and -".into(),
+                },
+            ),
+        ),
+        (
+            with_channel("192.0.2.53:8853", "pop-a.dns.example:8853"),
+            error(
+                "relay.health_channel.node[0].address",
+                Problem::InvalidAddress {
+                    value: "pop-a.dns.example:8853".into(),
+                    expected: AddressKind::SocketAddr,
+                },
+            ),
+        ),
+        (
+            with_channel("192.0.2.53:8853", "192.0.2.53:0"),
+            error(
+                "relay.health_channel.node[0].address",
+                out_of_range(0, 1, 65535),
+            ),
+        ),
+        (
+            with_channel("[2001:db8::53]:8853", "192.0.2.53:8853"),
+            error(
+                "relay.health_channel.node[1].address",
+                Problem::Duplicate {
+                    value: "192.0.2.53:8853".into(),
+                    first: "relay.health_channel.node[0].address".into(),
+                },
+            ),
+        ),
+        (
+            with_channel("\"pop-a.dns.example\"", "\"not a name\""),
+            error(
+                "relay.health_channel.node[0].server_name",
+                Problem::InvalidName {
+                    name: "not a name".into(),
+                    reason: "a certificate is checked against a DNS name or an IP address".into(),
+                },
             ),
         ),
     ];

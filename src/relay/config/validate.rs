@@ -11,12 +11,12 @@ use crate::config::{AddressKind, FieldError, Findings, Problem, RawDocument, Url
 
 use super::{
     model::{
-        Backend, BackendKind, HealthChecks, Limits, ModelSource, RelayConfig, RetryPolicy,
-        Shedding, Timeouts, TlsFiles,
+        Backend, BackendKind, HealthChannel, HealthChannelNode, HealthChecks, Limits, ModelSource,
+        RelayConfig, RetryPolicy, Shedding, Timeouts, TlsFiles,
     },
     raw::{
-        RawBackend, RawBackendKind, RawHealth, RawLimits, RawModels, RawRelay, RawRelayConfig,
-        RawRetry, RawShedding, RawTimeouts,
+        RawBackend, RawBackendKind, RawHealth, RawHealthChannel, RawLimits, RawModels, RawRelay,
+        RawRelayConfig, RawRetry, RawShedding, RawTimeouts,
     },
 };
 
@@ -66,6 +66,10 @@ impl TryFrom<RawDocument<'_, RawRelayConfig>> for RelayConfig {
         let shedding = v.shedding(&raw.shedding);
         let limits = v.limits(&raw.limits);
         let health = v.health(&raw.health);
+        let health_channel = relay
+            .health_channel
+            .as_ref()
+            .map(|channel| v.health_channel(channel));
 
         if !v.findings.errors.is_empty() {
             return Err(v.findings.errors);
@@ -85,6 +89,7 @@ impl TryFrom<RawDocument<'_, RawRelayConfig>> for RelayConfig {
             limits,
             health,
             scrape_interval,
+            health_channel,
         })
     }
 }
@@ -512,6 +517,112 @@ impl Validator {
                 1,
                 U32_MAX,
             ),
+        }
+    }
+
+    fn health_channel(&mut self, raw: &RawHealthChannel) -> HealthChannel {
+        const FIELD: &str = "relay.health_channel";
+        let interval = self.millis(
+            &format!("{FIELD}.interval_ms"),
+            raw.interval_ms,
+            100,
+            60_000,
+        );
+        let validity = self.millis(
+            &format!("{FIELD}.validity_ms"),
+            raw.validity_ms,
+            100,
+            600_000,
+        );
+        // A report must outlive the wait for the next one, or the region blinks unknown
+        // between every two reports.
+        if !validity.is_zero() {
+            self.at_most(
+                &format!("{FIELD}.interval_ms"),
+                interval,
+                &format!("{FIELD}.validity_ms"),
+                validity,
+            );
+        }
+        let nodes_field = format!("{FIELD}.node");
+        if raw.nodes.is_empty() {
+            self.report(&nodes_field, Problem::EmptyList);
+        }
+        let mut first_id: HashMap<&str, String> = HashMap::new();
+        let mut first_address: HashMap<SocketAddr, String> = HashMap::new();
+        let mut nodes = Vec::with_capacity(raw.nodes.len());
+        for (i, node) in raw.nodes.iter().enumerate() {
+            let base = format!("{nodes_field}[{i}]");
+            let id_field = format!("{base}.id");
+            if !is_id(&node.id) {
+                self.report(
+                    &id_field,
+                    Problem::InvalidName {
+                        name: node.id.clone(),
+                        reason: "a DNS node id is 1 to 63 characters from a-z, 0-9 and -".into(),
+                    },
+                );
+            }
+            if let Some(first) = first_id.get(node.id.as_str()) {
+                self.report(
+                    &id_field,
+                    Problem::Duplicate {
+                        value: node.id.clone(),
+                        first: first.clone(),
+                    },
+                );
+            } else {
+                first_id.insert(&node.id, id_field);
+            }
+
+            let address_field = format!("{base}.address");
+            let address = self.address(&address_field, &node.address);
+            if let Some(address) = address {
+                if address.port() == 0 {
+                    self.report(
+                        &address_field,
+                        Problem::IntegerOutOfRange {
+                            value: 0,
+                            min: 1,
+                            max: i64::from(u16::MAX),
+                        },
+                    );
+                } else if let Some(first) = first_address.get(&address) {
+                    self.report(
+                        &address_field,
+                        Problem::Duplicate {
+                            value: node.address.clone(),
+                            first: first.clone(),
+                        },
+                    );
+                } else {
+                    first_address.insert(address, address_field);
+                }
+            }
+
+            if rustls_pki_types::ServerName::try_from(node.server_name.as_str()).is_err() {
+                self.report(
+                    format!("{base}.server_name"),
+                    Problem::InvalidName {
+                        name: node.server_name.clone(),
+                        reason: "a certificate is checked against a DNS name or an IP address"
+                            .into(),
+                    },
+                );
+            }
+            nodes.push(HealthChannelNode {
+                id: Arc::from(node.id.as_str()),
+                address: address.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                server_name: node.server_name.clone(),
+            });
+        }
+        HealthChannel {
+            ca: self.path(&format!("{FIELD}.ca"), &raw.ca),
+            cert: self.path(&format!("{FIELD}.cert"), &raw.cert),
+            key: self.path(&format!("{FIELD}.key"), &raw.key),
+            interval,
+            validity,
+            nodes,
         }
     }
 }

@@ -74,6 +74,7 @@ pub(crate) fn config(backends: Vec<Backend>) -> RelayConfig {
             healthy_after_successes: 2,
         },
         scrape_interval: Duration::from_secs(1),
+        health_channel: None,
     }
 }
 
