@@ -717,10 +717,7 @@ async fn a_killed_relay_is_unknown_then_down_by_the_probe_and_answers_move() {
 async fn paused_reports_make_the_region_unknown_and_a_drain_is_reported() {
     let mut stage = Stage::start().await;
     let eu: IpAddr = EU_WEST.parse().expect("ip");
-    eventually("eu-west up", || async {
-        stage.steady().then_some(())
-    })
-    .await;
+    eventually("eu-west up", || async { stage.steady().then_some(()) }).await;
 
     let (status, body) = admin(stage.relay(), Method::GET, "/admin/reports", "").await;
     assert_eq!(
