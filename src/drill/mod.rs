@@ -282,13 +282,11 @@ pub fn run(args: DrillArgs) -> ExitCode {
             return ExitCode::from(crate::cli::EXIT_INVALID);
         }
     };
-    let token = match std::fs::read_to_string(&args.token_file) {
-        Ok(token) => token.trim().to_owned(),
+    // The same checks as the node and `meridian ctl` (non-empty, not readable by others).
+    let token = match crate::admin::AdminToken::from_file(&args.token_file) {
+        Ok(token) => token.reveal().to_owned(),
         Err(error) => {
-            eprintln!(
-                "meridian drill: cannot read {}: {error}",
-                args.token_file.display()
-            );
+            eprintln!("meridian drill: {error}");
             return ExitCode::from(crate::cli::EXIT_INVALID);
         }
     };

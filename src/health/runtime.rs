@@ -46,7 +46,7 @@ use super::{
     listener::{ListenerCounters, ListenerError, ListenerLimits, listener_endpoint, run_listener},
     pki::PemPair,
     probe::{ProbeOutcome, ProbeTarget, ProbeTracker, probe_relay, roots_from_pem},
-    view::{HealthView, Hysteresis, ProbeVerdict},
+    view::{HealthView, ProbeVerdict},
 };
 use crate::{
     config::model::{HealthChannel, RelayProbe},
@@ -129,10 +129,7 @@ pub async fn start_on(
     let counters = Arc::new(ListenerCounters::default());
     let feed = Arc::new(SteeringFeed::new(
         Arc::clone(&ledger),
-        HealthView::new(Hysteresis {
-            down_after: config.down_after,
-            up_after: config.up_after,
-        }),
+        HealthView::for_channel(config),
         Arc::clone(&store),
     ));
     let metrics = Arc::new(PlaneMetrics {
