@@ -25,6 +25,7 @@ use std::{
     hint::black_box,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -39,7 +40,7 @@ use hickory_proto::{
 use ipnet::IpNet;
 use meridian::{
     config,
-    dns::handler::{AnswerSource, Summary, Transport, respond},
+    dns::handler::{AnswerCache, AnswerSource, Summary, Transport, respond, respond_cached},
     geo::{self, GeoDb},
     operator_state::OperatorState,
     snapshot::Snapshot,
@@ -145,6 +146,38 @@ impl Fixture<'_> {
     }
 }
 
+/// Times `respond_cached` over `packets` in turn with one warm cache, as a UDP worker runs:
+/// every packet after the first of its shape patches a template.
+fn bench_respond_cached(
+    group: &mut Group<'_>,
+    id: &str,
+    snapshot: &Arc<Snapshot>,
+    resolver: SocketAddr,
+    now: Instant,
+    packets: &[Vec<u8>],
+) {
+    group.bench_function(id, |b| {
+        let mut cache = AnswerCache::new();
+        let mut out = Vec::with_capacity(1232);
+        let mut next = 0usize;
+        let mut seed = 0u64;
+        b.iter(|| {
+            next = (next + 1) % packets.len();
+            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            respond_cached(
+                snapshot,
+                &mut cache,
+                black_box(&packets[next]),
+                resolver,
+                Transport::Udp,
+                seed,
+                now,
+                &mut out,
+            )
+        });
+    });
+}
+
 fn bench_decide(group: &mut Group<'_>, snapshot: &Snapshot, clients: &[ClientInput], now: Instant) {
     let policy = gslb_policy(snapshot);
     let question = steering::Question {
@@ -207,8 +240,9 @@ fn resolver_subnet(addr: IpAddr) -> IpNet {
 }
 
 fn bundled(c: &mut Criterion) {
-    let snapshot =
-        Snapshot::load(&repo().join("zones/meridian.toml"), 1).expect("bundled config loads");
+    let snapshot = Arc::new(
+        Snapshot::load(&repo().join("zones/meridian.toml"), 1).expect("bundled config loads"),
+    );
     let now = Instant::now();
     let resolver: SocketAddr = RESOLVER.parse().expect("resolver address");
     let subnets: Vec<IpNet> = ECS_SUBNETS
@@ -250,6 +284,14 @@ fn bundled(c: &mut Criterion) {
     fixture.bench_respond(&mut group, "respond/gslb_a", &gslb_a);
     fixture.bench_respond(&mut group, "respond/gslb_a_ecs", &gslb_a_ecs);
     fixture.bench_respond(&mut group, "respond/nxdomain", &nxdomain);
+    for (id, packets) in [
+        ("respond_cached/static_a", &static_a),
+        ("respond_cached/gslb_a", &gslb_a),
+        ("respond_cached/gslb_a_ecs", &gslb_a_ecs),
+        ("respond_cached/nxdomain", &nxdomain),
+    ] {
+        bench_respond_cached(&mut group, id, &snapshot, resolver, now, packets);
+    }
 
     let clients: Vec<ClientInput> = subnets.iter().map(|&s| ecs_client(s, 7)).collect();
     bench_decide(&mut group, &snapshot, &clients, now);
@@ -404,7 +446,7 @@ fn large_geoip(c: &mut Criterion) {
     measure_start_up(&config_path);
     print_load_breakdown(&config_path, &database);
 
-    let snapshot = Snapshot::load(&config_path, 1).expect("large config loads");
+    let snapshot = Arc::new(Snapshot::load(&config_path, 1).expect("large config loads"));
     let now = Instant::now();
     let resolver: SocketAddr = RESOLVER.parse().expect("resolver address");
     let subnets: Vec<IpNet> = addresses.iter().map(|&a| resolver_subnet(a)).collect();
@@ -437,6 +479,14 @@ fn large_geoip(c: &mut Criterion) {
     let clients: Vec<ClientInput> = subnets.iter().map(|&s| ecs_client(s, 7)).collect();
     bench_decide(&mut group, &snapshot, &clients, now);
     fixture.bench_respond(&mut group, "respond/gslb_a_ecs", &packets);
+    bench_respond_cached(
+        &mut group,
+        "respond_cached/gslb_a_ecs",
+        &snapshot,
+        fixture.resolver,
+        now,
+        &packets,
+    );
     group.finish();
 }
 

@@ -309,3 +309,24 @@ async fn malformed_ecs_is_formerr_and_the_server_keeps_answering() {
     assert_eq!(addresses(&ok), vec![ip(EU_WEST_V4)]);
     server.stop().await;
 }
+
+/// RFC 7871 §7.2.1: a query with SOURCE PREFIX-LENGTH 0 is answered from the resolver's own
+/// address, and the echoed scope is never wider than the source prefix (/0), whatever the
+/// resolver address's GeoIP network is. Found by the `dns_respond` fuzz target.
+#[tokio::test]
+async fn a_zero_length_ecs_source_gets_scope_zero() {
+    let server = TestServer::start(&bundled_config()).await;
+    let client = udp_client(server.addr).await;
+    for subnet in ["0.0.0.0/0", "::/0"] {
+        let response = ask(&client, "api.example.test.", RecordType::A, Some(subnet)).await;
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        let echoed = echoed_subnet(&response).expect("ECS echoed");
+        assert_eq!(echoed.source_prefix(), 0, "{subnet}");
+        assert_eq!(
+            echoed.scope_prefix(),
+            0,
+            "{subnet}: scope wider than the source"
+        );
+    }
+    server.stop().await;
+}

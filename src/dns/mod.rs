@@ -3,5 +3,6 @@
 //! transport and the bytes-in → bytes-out path are ours (see `handler` for why).
 pub mod handler;
 pub mod node;
+pub mod rrl;
 pub mod server;
 pub mod wire;

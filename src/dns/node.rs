@@ -159,7 +159,9 @@ impl DnsNode {
             .anycast
             .as_ref()
             .map(|c| AnycastController::start(c, anycast_probes(health.as_ref(), &store)));
-        let mut sources: Vec<Arc<dyn MetricsSource>> = vec![metrics.clone()];
+        let rrl = Arc::new(super::rrl::ResponseRateLimiter::new());
+        let recent = Arc::new(crate::admin::RecentDecisions::default());
+        let mut sources: Vec<Arc<dyn MetricsSource>> = vec![metrics.clone(), rrl.clone()];
         if let Some(plane) = &health {
             sources.push(plane.metrics());
         }
@@ -169,9 +171,9 @@ impl DnsNode {
 
         let mut tasks = JoinSet::new();
         if let Some(listener) = metrics_listener {
-            tasks.spawn(metrics::serve_metrics(
+            tasks.spawn(metrics::serve_sources(
                 listener,
-                metrics.clone(),
+                sources.clone(),
                 shutdown.clone(),
             ));
         }
@@ -181,7 +183,7 @@ impl DnsNode {
                 token,
                 metrics: sources.clone(),
                 ledger: health.as_ref().map(|plane| plane.ledger.clone()),
-                recent: Arc::new(crate::admin::RecentDecisions::default()),
+                recent: recent.clone(),
             });
             tasks.spawn(crate::admin::serve(listener, ctx, shutdown.clone()));
         }
@@ -190,11 +192,15 @@ impl DnsNode {
             metrics.clone(),
             shutdown.clone(),
         ));
-        let serving = server::serve(
+        let serving = server::serve_observed(
             listeners,
             store.clone(),
             metrics.clone(),
             limits,
+            server::Observers {
+                rrl: Some(rrl),
+                recent: Some(recent),
+            },
             shutdown.clone(),
         );
         let (failed, stopping) = (anycast.clone(), shutdown.clone());

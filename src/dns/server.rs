@@ -1,20 +1,23 @@
-//! The DNS listeners: UDP and TCP sockets around [`super::handler::respond`].
+//! The DNS listeners: UDP and TCP sockets around [`super::handler`].
 //!
 //! This module owns sockets, connection limits and timeouts, and nothing else: every query is
-//! answered by the handler against the snapshot loaded at that moment. UDP is served inline by
-//! one task per socket (no task or allocation per query: the buffers are reused); each TCP
-//! connection gets a task, bounded by `max_tcp_connections`, with pipelined queries answered
-//! in order and idle connections closed.
+//! answered by the handler against the snapshot loaded at that moment. Each UDP socket is
+//! served by blocking worker threads (one per CPU the process may use) that receive and send
+//! in batches and answer through a per-worker [`AnswerCache`]; see the UDP section below for
+//! why not tasks. Each TCP connection gets a task, bounded by `max_tcp_connections`, with
+//! pipelined queries answered in order and idle connections closed.
 
 use std::{
-    io,
+    io::{self, IoSlice, IoSliceMut},
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
+
+use rustix::event::{PollFd, PollFlags};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -24,11 +27,15 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::handler::{Transport, respond};
-use crate::{metrics::Metrics, snapshot::SnapshotStore};
-
-/// Largest UDP datagram we read; larger ones are truncated by the kernel and fail to decode.
-const UDP_RECV_BUFFER: usize = 65_535;
+use super::{
+    handler::{AnswerCache, Summary, Transport, respond_cached},
+    rrl::{self, ResponseRateLimiter, Verdict},
+};
+use crate::{
+    admin::RecentDecisions,
+    metrics::{Metrics, Tally},
+    snapshot::{Snapshot, SnapshotStore},
+};
 
 /// Sockets bound by the caller (port 0 allowed): the server never binds by itself.
 pub struct Listeners {
@@ -102,7 +109,19 @@ pub struct ServerLimits {
     pub max_tcp_connections: usize,
 }
 
-/// Serves until `shutdown` turns true. Returns when every listener task has stopped.
+/// What else watches the query path besides the metrics: response-rate limiting (UDP only;
+/// applied when the snapshot's config has `[rrl]`) and the admin API's recent-decisions ring.
+#[derive(Clone, Default)]
+pub struct Observers {
+    pub rrl: Option<Arc<ResponseRateLimiter>>,
+    pub recent: Option<Arc<RecentDecisions>>,
+}
+
+/// At most one recent-decision sample per worker per this interval: the status page needs a
+/// sample, and the query path must not pay a lock per query for it.
+const RECENT_SAMPLE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Serves until `shutdown` turns true. Returns when every listener has stopped.
 pub async fn serve(
     listeners: Listeners,
     store: Arc<SnapshotStore>,
@@ -110,18 +129,40 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: watch::Receiver<bool>,
 ) {
+    serve_observed(
+        listeners,
+        store,
+        metrics,
+        limits,
+        Observers::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with [`Observers`] on the query path.
+pub async fn serve_observed(
+    listeners: Listeners,
+    store: Arc<SnapshotStore>,
+    metrics: Arc<Metrics>,
+    limits: ServerLimits,
+    observers: Observers,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let seeds = Arc::new(AtomicU64::new(seed_start()));
     let connections = Arc::new(Semaphore::new(limits.max_tcp_connections));
-    let mut tasks = JoinSet::new();
-    for socket in listeners.udp {
-        tasks.spawn(serve_udp(
-            socket,
-            store.clone(),
-            metrics.clone(),
-            seeds.clone(),
-            shutdown.clone(),
-        ));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let workers = udp_workers_per_socket();
+    let mut udp_threads = Vec::new();
+    for (index, socket) in listeners.udp.into_iter().enumerate() {
+        match start_udp_workers(
+            index, socket, workers, &store, &metrics, &observers, &seeds, &stopping,
+        ) {
+            Ok(threads) => udp_threads.extend(threads),
+            Err(error) => warn!(%error, "cannot serve a UDP socket"),
+        }
     }
+    let mut tasks = JoinSet::new();
     for listener in listeners.tcp {
         tasks.spawn(serve_tcp(
             listener,
@@ -133,7 +174,28 @@ pub async fn serve(
             shutdown.clone(),
         ));
     }
+    // Either a `true` or a dropped sender means stop.
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    stopping.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in udp_threads {
+            if thread.join().is_err() {
+                warn!("a UDP worker panicked");
+            }
+        }
+    });
+    let _ = joined.await;
+}
+
+/// UDP workers per socket: one per CPU this process may run on (a server pinned to one core
+/// gets one), each a blocking thread of its own.
+fn udp_workers_per_socket() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Entropy for weighted steering. Not security-relevant: it only spreads answers.
@@ -144,63 +206,317 @@ fn seed_start() -> u64 {
 }
 
 fn next_seed(seeds: &AtomicU64) -> u64 {
-    // splitmix64 step: consecutive queries get well-spread seeds.
-    let mut z = seeds
-        .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    splitmix(seeds.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed))
+}
+
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// One splitmix64 output for `state`: consecutive states give well-spread seeds.
+fn splitmix(state: u64) -> u64 {
+    let mut z = state.wrapping_add(GOLDEN_GAMMA);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
-async fn serve_udp(
+// --- UDP ---------------------------------------------------------------------------------
+//
+// Each UDP socket is served by plain threads, not tasks: a worker receives up to
+// `UDP_BATCH` datagrams with one system call (recvmmsg), answers them inline, folds its
+// metric counts into the shared series, then sends every response with one system call
+// (sendmmsg). Only when the socket is empty does it wait, in poll(2), which is also where it
+// notices shutdown. Under load that is two system calls per batch instead of two per query
+// plus the async runtime's wake-ups; idle, it costs one wake-up per `UDP_IDLE_WAIT`.
+
+/// Datagrams per receive call and responses per send call.
+const UDP_BATCH: usize = 32;
+/// How long an idle worker sleeps before looking at the shutdown flag again.
+const UDP_IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Room per received datagram. Queries are small; with UDP GRO the kernel may hand over
+/// several same-sized datagrams from one sender in one buffer, hence the multiple.
+const UDP_DATAGRAM_ROOM: usize = 4096;
+
+fn start_udp_workers(
+    index: usize,
     socket: UdpSocket,
+    workers: usize,
+    store: &Arc<SnapshotStore>,
+    metrics: &Arc<Metrics>,
+    observers: &Observers,
+    seeds: &AtomicU64,
+    stopping: &Arc<AtomicBool>,
+) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    // Leaves tokio's reactor: the workers block in poll(2) themselves.
+    let socket = Arc::new(socket.into_std()?);
+    let state = Arc::new(quinn_udp::UdpSocketState::new((&*socket).into())?);
+    let room = UDP_DATAGRAM_ROOM.max(state.gro_segments() * 1500);
+    let mut threads = Vec::with_capacity(workers);
+    for number in 0..workers {
+        let worker = UdpWorker {
+            socket: socket.clone(),
+            state: state.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            observers: observers.clone(),
+            last_recent_sample: None,
+            stopping: stopping.clone(),
+            seed: next_seed(seeds),
+            room,
+            tally: Tally::default(),
+            cache: AnswerCache::new(),
+            outbox: UdpOutbox::new(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("dns-udp-{index}.{number}"))
+                .spawn(move || worker.run())?,
+        );
+    }
+    Ok(threads)
+}
+
+struct UdpWorker {
+    socket: Arc<std::net::UdpSocket>,
+    state: Arc<quinn_udp::UdpSocketState>,
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
-    seeds: Arc<AtomicU64>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut packet = vec![0u8; UDP_RECV_BUFFER];
-    let mut response = Vec::with_capacity(4096);
-    loop {
-        let (len, peer) = tokio::select! {
-            received = socket.recv_from(&mut packet) => match received {
-                Ok(received) => received,
-                Err(error) => {
-                    // ICMP errors from earlier sends surface here on some platforms; they say
-                    // nothing about this socket, which keeps serving.
-                    debug!(%error, "UDP receive error");
-                    continue;
+    observers: Observers,
+    last_recent_sample: Option<Instant>,
+    stopping: Arc<AtomicBool>,
+    /// splitmix64 state of this worker: no shared counter between workers.
+    seed: u64,
+    room: usize,
+    tally: Tally,
+    cache: AnswerCache,
+    outbox: UdpOutbox,
+}
+
+impl UdpWorker {
+    fn run(mut self) {
+        let mut received = vec![0u8; self.room * UDP_BATCH];
+        let mut metas = [quinn_udp::RecvMeta::default(); UDP_BATCH];
+        // Whether the last batch suggests more datagrams are queued. If not, waiting first
+        // (poll returns at once when one is there) saves the receive call that would find the
+        // socket empty: three system calls per batch at low load, two under load.
+        let mut busy = false;
+        while !self.stopping.load(Ordering::Relaxed) {
+            if !busy && !wait_until(&self.socket, PollFlags::IN) {
+                continue;
+            }
+            let count = {
+                let mut chunks = received.chunks_mut(self.room);
+                let mut buffers: [IoSliceMut<'_>; UDP_BATCH] =
+                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+                match self
+                    .state
+                    .recv((&*self.socket).into(), &mut buffers, &mut metas)
+                {
+                    Ok(count) => count,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        // Another worker took it, or a busy guess was wrong.
+                        busy = false;
+                        continue;
+                    }
+                    Err(error) => {
+                        // ICMP errors from earlier sends surface here on some platforms; they
+                        // say nothing about this socket, which keeps serving.
+                        debug!(%error, "UDP receive error");
+                        continue;
+                    }
                 }
-            },
-            _ = shutdown.changed() => break,
-        };
+            };
+            busy = count > 1;
+            let snapshot = self.store.load_full();
+            for (meta, buffer) in metas[..count].iter().zip(received.chunks(self.room)) {
+                let datagrams = &buffer[..meta.len.min(buffer.len())];
+                // Without GRO the stride is the whole datagram.
+                for packet in datagrams.chunks(meta.stride.max(1)) {
+                    self.answer(&snapshot, packet, meta.addr);
+                }
+            }
+            // Counted before sending, so a client that scrapes after its answer sees it.
+            self.metrics.flush(&mut self.tally, &snapshot);
+            drop(snapshot);
+            self.outbox.send(&self.socket);
+        }
+    }
+
+    fn answer(&mut self, snapshot: &Arc<Snapshot>, packet: &[u8], peer: SocketAddr) {
         if peer.port() == 0 {
-            continue; // cannot be answered, and answering port 0 is a known reflection trick
+            return; // cannot be answered, and answering port 0 is a known reflection trick
+        }
+        if self.outbox.is_full() {
+            // Only with GRO can a batch hold more datagrams than the outbox has room for.
+            self.metrics.flush(&mut self.tally, snapshot);
+            self.outbox.send(&self.socket);
         }
         let started = Instant::now();
-        let snapshot = store.load();
-        let summary = respond(
-            &snapshot,
-            &packet[..len],
+        self.seed = self.seed.wrapping_add(GOLDEN_GAMMA);
+        let summary = respond_cached(
+            snapshot,
+            &mut self.cache,
+            packet,
             peer,
             Transport::Udp,
-            next_seed(&seeds),
+            splitmix(self.seed),
             started,
-            &mut response,
+            self.outbox.buffer(),
         );
         let Some(summary) = summary else {
-            metrics.dropped(Transport::Udp);
-            continue;
+            self.tally.dropped(Transport::Udp);
+            return;
         };
-        metrics.answered(Transport::Udp, &summary, &snapshot, started.elapsed());
-        // The guard is not held across the send: a reload may free the old snapshot meanwhile.
-        drop(snapshot);
-        if let Err(error) = socket.send_to(&response, peer).await {
-            debug!(%error, %peer, "UDP send failed");
+        self.tally
+            .answered(Transport::Udp, &summary, started.elapsed());
+        if let Some(recent) = &self.observers.recent
+            && self
+                .last_recent_sample
+                .is_none_or(|at| started.duration_since(at) >= RECENT_SAMPLE_INTERVAL)
+        {
+            self.last_recent_sample = Some(started);
+            recent.record_answer(ipnet::IpNet::from(peer.ip()), &summary, snapshot);
+        }
+        // Response-rate limiting, on UDP only: a TCP client has proved its address.
+        let verdict = match (&self.observers.rrl, &snapshot.config.rrl) {
+            (Some(limiter), Some(config)) => {
+                limiter.check(config, peer.ip(), self.outbox.buffer(), started)
+            }
+            _ => Verdict::Send,
+        };
+        match verdict {
+            Verdict::Send => self.outbox.queue_response(peer, &summary),
+            Verdict::Slip if rrl::truncate_for_slip(self.outbox.buffer()) => {
+                self.outbox.queue_response(peer, &summary)
+            }
+            // Not queued: the slot's buffer is simply overwritten by the next response.
+            Verdict::Slip | Verdict::Drop => {}
         }
     }
 }
+
+/// Waits until the socket is ready for `flags`, at most [`UDP_IDLE_WAIT`]; returns whether
+/// it is.
+fn wait_until(socket: &std::net::UdpSocket, flags: PollFlags) -> bool {
+    let mut fds = [PollFd::new(socket, flags)];
+    let timeout = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: i64::from(UDP_IDLE_WAIT.subsec_nanos()),
+    };
+    // EINTR or a timeout: the caller looks again either way.
+    matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+}
+
+/// The responses of one batch, sent together.
+struct UdpOutbox {
+    /// One buffer per slot, kept between batches so that steady state allocates nothing.
+    buffers: Vec<Vec<u8>>,
+    peers: Vec<SocketAddr>,
+}
+
+impl UdpOutbox {
+    fn new() -> UdpOutbox {
+        UdpOutbox {
+            buffers: (0..UDP_BATCH).map(|_| Vec::with_capacity(512)).collect(),
+            peers: Vec::with_capacity(UDP_BATCH),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.peers.len() == UDP_BATCH
+    }
+
+    /// The buffer the next response is written into.
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        let slot = self.peers.len();
+        &mut self.buffers[slot]
+    }
+
+    /// Queues the response written into [`Self::buffer`] for `peer`. Not calling it drops
+    /// the response (response-rate limiting does so in [`UdpWorker::answer`]).
+    fn queue_response(&mut self, peer: SocketAddr, _summary: &Summary) {
+        self.peers.push(peer);
+    }
+
+    /// Sends every queued response, in order; a response the kernel refuses is dropped and
+    /// logged, the others still go.
+    fn send(&mut self, socket: &std::net::UdpSocket) {
+        let count = self.peers.len();
+        let mut sent = 0;
+        let mut waits = 0;
+        // Bounded: every round sends at least one response, skips one, or waits (at most
+        // `MAX_SEND_WAITS` times for a full socket buffer).
+        while sent < count {
+            match send_batch(socket, &self.peers[sent..count], &self.buffers[sent..count]) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(error)
+                    if error.kind() == io::ErrorKind::WouldBlock && waits < MAX_SEND_WAITS =>
+                {
+                    waits += 1;
+                    wait_until(socket, PollFlags::OUT);
+                }
+                Err(error) => {
+                    debug!(%error, peer = %self.peers[sent], "UDP send failed");
+                    sent += 1;
+                }
+            }
+        }
+        self.peers.clear();
+    }
+}
+
+/// How often one batch may wait for room in the socket's send buffer before its remaining
+/// responses are dropped (the client retries, as it would after a loss).
+const MAX_SEND_WAITS: u32 = 3;
+
+/// Sends `responses[i]` to `peers[i]` with as few system calls as the platform allows;
+/// returns how many went.
+#[cfg(target_os = "linux")]
+fn send_batch(
+    socket: &std::net::UdpSocket,
+    peers: &[SocketAddr],
+    responses: &[Vec<u8>],
+) -> io::Result<usize> {
+    use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
+    let count = peers.len().min(UDP_BATCH);
+    let addresses: [SocketAddrAny; UDP_BATCH] =
+        std::array::from_fn(|i| SocketAddrAny::from(peers.get(i).copied().unwrap_or(UNSPECIFIED)));
+    let slices: [[IoSlice<'_>; 1]; UDP_BATCH] = std::array::from_fn(|i| {
+        [IoSlice::new(
+            responses.get(i).map_or(&[][..], Vec::as_slice),
+        )]
+    });
+    let mut controls: [SendAncillaryBuffer<'_, '_, '_>; UDP_BATCH] =
+        std::array::from_fn(|_| SendAncillaryBuffer::default());
+    let mut messages: Vec<MMsgHdr<'_>> = addresses
+        .iter()
+        .zip(slices.iter())
+        .zip(controls.iter_mut())
+        .take(count)
+        .map(|((address, slice), control)| MMsgHdr::new_with_addr(address, slice, control))
+        .collect();
+    Ok(sendmmsg(socket, &mut messages, SendFlags::empty())?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_batch(
+    socket: &std::net::UdpSocket,
+    peers: &[SocketAddr],
+    responses: &[Vec<u8>],
+) -> io::Result<usize> {
+    let (Some(peer), Some(response)) = (peers.first(), responses.first()) else {
+        return Ok(0);
+    };
+    socket.send_to(response, peer).map(|_| 1)
+}
+
+#[cfg(target_os = "linux")]
+const UNSPECIFIED: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
+// --- TCP ---------------------------------------------------------------------------------
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_tcp(
@@ -267,6 +583,9 @@ async fn serve_tcp_connection(
     stream.set_nodelay(true)?;
     let mut packet = Vec::with_capacity(512);
     let mut response = Vec::with_capacity(4096);
+    // Pipelining resolvers ask the same shapes over one connection again and again.
+    let mut cache = AnswerCache::new();
+    let mut framed = Vec::with_capacity(4096 + 2);
     loop {
         let mut length = [0u8; 2];
         tokio::select! {
@@ -288,8 +607,9 @@ async fn serve_tcp_connection(
         }
         let started = Instant::now();
         let snapshot = store.load();
-        let summary = respond(
+        let summary = respond_cached(
             &snapshot,
+            &mut cache,
             &packet,
             peer,
             Transport::Tcp,
@@ -306,7 +626,7 @@ async fn serve_tcp_connection(
         let Ok(response_length) = u16::try_from(response.len()) else {
             return Ok(()); // cannot happen: the handler caps TCP responses at 65535
         };
-        let mut framed = Vec::with_capacity(response.len() + 2);
+        framed.clear();
         framed.extend_from_slice(&response_length.to_be_bytes());
         framed.extend_from_slice(&response);
         tokio::time::timeout(idle_timeout, stream.write_all(&framed))
