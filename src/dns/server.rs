@@ -155,9 +155,13 @@ pub async fn serve_observed(
     let workers = udp_workers_per_socket();
     let mut udp_threads = Vec::new();
     for (index, socket) in listeners.udp.into_iter().enumerate() {
-        match start_udp_workers(
-            index, socket, workers, &store, &metrics, &observers, &seeds, &stopping,
-        ) {
+        let shared = UdpShared {
+            store: &store,
+            metrics: &metrics,
+            observers: &observers,
+            stopping: &stopping,
+        };
+        match start_udp_workers(index, socket, workers, &shared, &seeds) {
             Ok(threads) => udp_threads.extend(threads),
             Err(error) => warn!(%error, "cannot serve a UDP socket"),
         }
@@ -236,16 +240,27 @@ const UDP_IDLE_WAIT: Duration = Duration::from_millis(100);
 /// several same-sized datagrams from one sender in one buffer, hence the multiple.
 const UDP_DATAGRAM_ROOM: usize = 4096;
 
+/// What every UDP worker of the server shares.
+struct UdpShared<'a> {
+    store: &'a Arc<SnapshotStore>,
+    metrics: &'a Arc<Metrics>,
+    observers: &'a Observers,
+    stopping: &'a Arc<AtomicBool>,
+}
+
 fn start_udp_workers(
     index: usize,
     socket: UdpSocket,
     workers: usize,
-    store: &Arc<SnapshotStore>,
-    metrics: &Arc<Metrics>,
-    observers: &Observers,
+    shared: &UdpShared<'_>,
     seeds: &AtomicU64,
-    stopping: &Arc<AtomicBool>,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let UdpShared {
+        store,
+        metrics,
+        observers,
+        stopping,
+    } = *shared;
     // Leaves tokio's reactor: the workers block in poll(2) themselves.
     let socket = Arc::new(socket.into_std()?);
     let state = Arc::new(quinn_udp::UdpSocketState::new((&*socket).into())?);
