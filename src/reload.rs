@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::{
+    dns::notify::Notifier,
     metrics::Metrics,
     snapshot::{ReloadOutcome, SnapshotStore},
 };
@@ -24,10 +25,21 @@ use crate::{
 /// How long the files must stay quiet before a change triggers a reload.
 const SETTLE: Duration = Duration::from_millis(150);
 
-/// Runs until `shutdown` turns true.
+/// Runs until `shutdown` turns true. Zones whose serial a reload changed are announced to
+/// their `notify` secondaries (RFC 1996).
 pub async fn run(
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    run_with_notifier(store, metrics, Arc::new(Notifier::default()), shutdown).await
+}
+
+/// [`run`] with the caller's [`Notifier`] (to expose its metrics).
+pub async fn run_with_notifier(
+    store: Arc<SnapshotStore>,
+    metrics: Arc<Metrics>,
+    notifier: Arc<Notifier>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -53,6 +65,7 @@ pub async fn run(
             }
             _ = shutdown.changed() => return,
         }
+        let before = store.load_full();
         let reloading = store.clone();
         let outcome = match tokio::task::spawn_blocking(move || reloading.reload()).await {
             Ok(outcome) => outcome,
@@ -66,7 +79,9 @@ pub async fn run(
             ReloadOutcome::Loaded { generation, took } => {
                 info!(generation, took_ms = took.as_millis() as u64, "reloaded");
                 metrics.reload_loaded(generation);
-                watch.follow(&store.load().watched_files());
+                let after = store.load_full();
+                watch.follow(&after.watched_files());
+                notifier.after_reload(&before.zones, &after.zones, &after.config.zones);
             }
             ReloadOutcome::Rejected(error) => {
                 error!(%error, "reload rejected; still serving the previous snapshot");

@@ -207,6 +207,25 @@ pub struct ZoneSource {
     /// Lower-case, fully qualified.
     pub origin: Name,
     pub file: PathBuf,
+    /// Client networks allowed to transfer the zone (AXFR, IXFR); empty = transfers refused.
+    /// Host bits are zero.
+    pub transfer_to: Vec<IpNet>,
+    /// Secondaries sent a NOTIFY (RFC 1996) when a reload changes the zone's serial.
+    pub notify: Vec<SocketAddr>,
+}
+
+impl ZoneSource {
+    /// Whether `client` may transfer this zone. IPv4-mapped IPv6 clients (dual-stack
+    /// sockets) are matched as IPv4.
+    pub fn transfer_allowed(&self, client: std::net::IpAddr) -> bool {
+        let client = match client {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.transfer_to
+            .iter()
+            .any(|network| network.contains(&client))
+    }
 }
 
 /// A region: a set of relay endpoints clients can be steered to.

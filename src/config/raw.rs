@@ -102,6 +102,12 @@ pub struct RawGeoIp {
 pub struct RawZone {
     pub origin: String,
     pub file: PathBuf,
+    /// Networks allowed to transfer the zone (AXFR/IXFR); empty = no transfers.
+    #[serde(default)]
+    pub transfer_to: Vec<String>,
+    /// Secondaries sent a NOTIFY when a reload changes the zone's serial.
+    #[serde(default)]
+    pub notify: Vec<String>,
 }
 
 /// `[[region]]`: a set of relay endpoints.

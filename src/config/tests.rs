@@ -1440,3 +1440,87 @@ fn health_plane_problems_read_as_sentences() {
         assert_eq!(problem.to_string(), sentence);
     }
 }
+
+/// BASE with keys added to its `[[zone]]`.
+fn with_zone_keys(keys: &str) -> String {
+    BASE.replacen(
+        "file = \"example.test.zone\"\n",
+        &format!("file = \"example.test.zone\"\n{keys}\n"),
+        1,
+    )
+}
+
+#[test]
+fn zone_transfer_keys_parse_and_default_to_no_transfers() {
+    let config = parse(BASE).unwrap();
+    assert!(config.zones[0].transfer_to.is_empty());
+    assert!(config.zones[0].notify.is_empty());
+    assert!(!config.zones[0].transfer_allowed("127.0.0.1".parse().unwrap()));
+
+    let config = parse(&with_zone_keys(
+        "transfer_to = [\"192.0.2.0/24\", \"::1\", \"127.0.0.2\"]\nnotify = [\"192.0.2.53:53\", \"[2001:db8::53]:5300\"]",
+    ))
+    .unwrap();
+    let zone = &config.zones[0];
+    let networks: Vec<String> = zone.transfer_to.iter().map(ToString::to_string).collect();
+    assert_eq!(networks, ["192.0.2.0/24", "::1/128", "127.0.0.2/32"]);
+    let targets: Vec<SocketAddr> = vec![
+        "192.0.2.53:53".parse().unwrap(),
+        "[2001:db8::53]:5300".parse().unwrap(),
+    ];
+    assert_eq!(zone.notify, targets);
+    for (client, allowed) in [
+        ("192.0.2.200", true),
+        ("::ffff:192.0.2.7", true), // a dual-stack socket's IPv4 client
+        ("::1", true),
+        ("127.0.0.2", true),
+        ("127.0.0.1", false),
+        ("198.51.100.1", false),
+    ] {
+        assert_eq!(
+            zone.transfer_allowed(client.parse().unwrap()),
+            allowed,
+            "{client}"
+        );
+    }
+}
+
+#[test]
+fn zone_transfer_mistakes_are_reported_at_their_field() {
+    let errors = field_errors(&with_zone_keys(
+        "transfer_to = [\"192.0.2.1/24\", \"not-a-network\", \"192.0.2.0/24\"]\nnotify = [\"192.0.2.53\"]",
+    ));
+    assert_eq!(
+        errors,
+        [
+            error(
+                "zone[0].transfer_to[0]",
+                Problem::HostBitsSet {
+                    network: "192.0.2.1/24".parse().unwrap(),
+                    truncated: "192.0.2.0/24".parse().unwrap(),
+                }
+            ),
+            error(
+                "zone[0].transfer_to[1]",
+                Problem::InvalidAddress {
+                    value: "not-a-network".into(),
+                    expected: AddressKind::Network,
+                }
+            ),
+            error(
+                "zone[0].transfer_to[2]",
+                Problem::Duplicate {
+                    value: "192.0.2.0/24".into(),
+                    first: "zone[0].transfer_to[0]".into(),
+                }
+            ),
+            error(
+                "zone[0].notify[0]",
+                Problem::InvalidAddress {
+                    value: "192.0.2.53".into(),
+                    expected: AddressKind::SocketAddr,
+                }
+            ),
+        ]
+    );
+}

@@ -359,9 +359,55 @@ impl Validator {
                 None => Name::root(),
             };
             let file = self.path(&field(&base, "file"), &zone.file);
-            zones.push(ZoneSource { origin, file });
+            let transfer_to =
+                self.transfer_networks(&field(&base, "transfer_to"), &zone.transfer_to);
+            let notify = self.addresses::<SocketAddr>(
+                &field(&base, "notify"),
+                &zone.notify,
+                AddressKind::SocketAddr,
+            );
+            zones.push(ZoneSource {
+                origin,
+                file,
+                transfer_to,
+                notify,
+            });
         }
         (zones, origins)
+    }
+
+    /// `[[zone]] transfer_to`: networks in CIDR notation (a bare address means that one
+    /// host), host bits zero, each once.
+    fn transfer_networks(&mut self, list_field: &str, texts: &[String]) -> Vec<IpNet> {
+        let mut first_at: HashMap<IpNet, String> = HashMap::new();
+        let mut networks = Vec::with_capacity(texts.len());
+        for (j, text) in texts.iter().enumerate() {
+            let item = at(list_field, j);
+            let network = match text.parse::<std::net::IpAddr>() {
+                Ok(host) => IpNet::from(host),
+                Err(_) => match self.address::<IpNet>(&item, text, AddressKind::Network) {
+                    Some(network) => network,
+                    None => continue,
+                },
+            };
+            let truncated = network.trunc();
+            if truncated != network {
+                self.report(&item, Problem::HostBitsSet { network, truncated });
+            }
+            if let Some(first) = first_at.get(&truncated) {
+                self.report(
+                    item,
+                    Problem::Duplicate {
+                        value: truncated.to_string(),
+                        first: first.clone(),
+                    },
+                );
+                continue;
+            }
+            first_at.insert(truncated, item);
+            networks.push(truncated);
+        }
+        networks
     }
 
     fn millis(&mut self, field: &str, value: i64, min: i64, max: i64) -> std::time::Duration {

@@ -480,17 +480,33 @@ fn answer_into(
         reply.rcode = ResponseCode::Refused;
         return AnswerSource::Refused;
     }
-    if matches!(
-        query.qtype,
-        RecordType::AXFR | RecordType::IXFR | RecordType::OPT
-    ) {
-        // Zone transfer is not offered (yet); OPT is not a question.
-        reply.rcode = if query.qtype == RecordType::OPT {
-            ResponseCode::FormErr
-        } else {
-            ResponseCode::Refused
-        };
-        return AnswerSource::Refused;
+    match query.qtype {
+        // OPT is not a question.
+        RecordType::OPT => {
+            reply.rcode = ResponseCode::FormErr;
+            return AnswerSource::Refused;
+        }
+        // AXFR is not defined over UDP (RFC 5936 §4.2); over TCP the listener streams it
+        // through `super::transfer` before this handler sees the packet.
+        RecordType::AXFR => {
+            reply.rcode = ResponseCode::Refused;
+            return AnswerSource::Refused;
+        }
+        // RFC 1995 §2: over UDP, the current SOA alone means "transfer over TCP".
+        RecordType::IXFR => {
+            return match super::transfer::ixfr_over_udp(snapshot, &query.lower_name) {
+                Ok(soa) => {
+                    reply.authoritative = true;
+                    reply.answers.push(soa);
+                    AnswerSource::Zone
+                }
+                Err(rcode) => {
+                    reply.rcode = rcode;
+                    AnswerSource::Refused
+                }
+            };
+        }
+        _ => {}
     }
     let Some(zone) = snapshot.zones.find(&query.lower_name) else {
         reply.rcode = ResponseCode::Refused;

@@ -3,6 +3,8 @@
 //! transport and the bytes-in → bytes-out path are ours (see `handler` for why).
 pub mod handler;
 pub mod node;
+pub mod notify;
 pub mod rrl;
 pub mod server;
+pub mod transfer;
 pub mod wire;

@@ -162,6 +162,8 @@ impl DnsNode {
         let rrl = Arc::new(super::rrl::ResponseRateLimiter::new());
         let recent = Arc::new(crate::admin::RecentDecisions::default());
         let mut sources: Vec<Arc<dyn MetricsSource>> = vec![metrics.clone(), rrl.clone()];
+        let notifier = Arc::new(super::notify::Notifier::default());
+        sources.push(notifier.clone());
         if let Some(plane) = &health {
             sources.push(plane.metrics());
         }
@@ -187,9 +189,10 @@ impl DnsNode {
             });
             tasks.spawn(crate::admin::serve(listener, ctx, shutdown.clone()));
         }
-        tasks.spawn(reload::run(
+        tasks.spawn(reload::run_with_notifier(
             store.clone(),
             metrics.clone(),
+            notifier,
             shutdown.clone(),
         ));
         let serving = server::serve_observed(

@@ -5,7 +5,8 @@
 //! served by blocking worker threads (one per CPU the process may use) that receive and send
 //! in batches and answer through a per-worker [`AnswerCache`]; see the UDP section below for
 //! why not tasks. Each TCP connection gets a task, bounded by `max_tcp_connections`, with
-//! pipelined queries answered in order and idle connections closed.
+//! pipelined queries answered in order and idle connections closed. A zone transfer (AXFR,
+//! IXFR) on a TCP connection is answered by [`super::transfer`] as a series of messages.
 
 use std::{
     io::{self, IoSlice, IoSliceMut},
@@ -30,6 +31,7 @@ use tracing::{debug, warn};
 use super::{
     handler::{AnswerCache, Summary, Transport, respond_cached},
     rrl::{self, ResponseRateLimiter, Verdict},
+    transfer,
 };
 use crate::{
     admin::RecentDecisions,
@@ -621,6 +623,28 @@ async fn serve_tcp_connection(
             Err(_) => return Ok(()),
         }
         let started = Instant::now();
+        if transfer::is_transfer_query(&packet) {
+            let snapshot = store.load_full();
+            // Encoding a large zone takes a while: not on the runtime's threads.
+            let (request, answering) = (packet.clone(), snapshot.clone());
+            let transfer =
+                tokio::task::spawn_blocking(move || transfer::respond(&answering, &request, peer))
+                    .await
+                    .map_err(io::Error::other)?;
+            if let Some(transfer) = transfer {
+                metrics.answered(
+                    Transport::Tcp,
+                    &transfer.summary,
+                    &snapshot,
+                    started.elapsed(),
+                );
+                drop(snapshot);
+                for message in &transfer.messages {
+                    write_framed(&mut stream, message, &mut framed, idle_timeout).await?;
+                }
+                continue;
+            }
+        }
         let snapshot = store.load();
         let summary = respond_cached(
             &snapshot,
@@ -638,14 +662,29 @@ async fn serve_tcp_connection(
         };
         metrics.answered(Transport::Tcp, &summary, &snapshot, started.elapsed());
         drop(snapshot);
-        let Ok(response_length) = u16::try_from(response.len()) else {
-            return Ok(()); // cannot happen: the handler caps TCP responses at 65535
-        };
-        framed.clear();
-        framed.extend_from_slice(&response_length.to_be_bytes());
-        framed.extend_from_slice(&response);
-        tokio::time::timeout(idle_timeout, stream.write_all(&framed))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+        write_framed(&mut stream, &response, &mut framed, idle_timeout).await?;
     }
+}
+
+/// Writes one message with its length prefix; a client that stops reading for the idle
+/// timeout is cut off.
+async fn write_framed(
+    stream: &mut TcpStream,
+    message: &[u8],
+    framed: &mut Vec<u8>,
+    idle_timeout: Duration,
+) -> io::Result<()> {
+    let Ok(length) = u16::try_from(message.len()) else {
+        // Cannot happen: the handler caps TCP responses, and transfers their messages, at 65535.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message over 65535 octets",
+        ));
+    };
+    framed.clear();
+    framed.extend_from_slice(&length.to_be_bytes());
+    framed.extend_from_slice(message);
+    tokio::time::timeout(idle_timeout, stream.write_all(framed))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))?
 }

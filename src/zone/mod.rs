@@ -12,7 +12,8 @@
 //! returns.
 //!
 //! Layout: `load` turns hickory's parser output into validated [`Zone`]s, `source` finds the
-//! line of a problem (hickory's parser does not report positions), `lookup` walks the index.
+//! line of a problem (hickory's parser does not report positions), `lookup` walks the index,
+//! `transfer` lists the records a secondary receives (AXFR).
 
 // `ZoneError` carries `Name`s (about 80 bytes each, inline) so diagnoses compare in tests.
 // Every fallible function here runs at load or registration time, never per query.
@@ -24,6 +25,7 @@ mod lookup;
 mod source;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 use std::collections::HashMap;
 
