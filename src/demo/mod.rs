@@ -146,8 +146,14 @@ pub fn run(args: DemoArgs) -> ExitCode {
 pub struct Demo {
     pub ready: DemoReady,
     node: DnsNode,
-    relays: Vec<RelayHandle>,
-    backends: Vec<SimBackend>,
+    /// In `REGIONS` order; `None` while stopped by [`Demo::stop_relay`].
+    relays: Vec<Option<RelayHandle>>,
+    /// Two per region, in `REGIONS` order; `None` while stopped by [`Demo::stop_backend`].
+    backends: Vec<Option<SimBackend>>,
+    /// What each backend was started with (its bound address included), to start it again
+    /// where its relay expects it.
+    backend_args: Vec<SimBackendArgs>,
+    dir: PathBuf,
     /// Holds the temporary folder (removed on drop) unless `--dir` was given.
     _dir: Option<tempfile::TempDir>,
 }
@@ -215,6 +221,7 @@ impl Demo {
             .context("the DNS node started without its admin API")?;
 
         let mut backends = Vec::new();
+        let mut backend_args = Vec::new();
         let mut relays = Vec::new();
         let mut regions = Vec::new();
         for plan in &REGIONS {
@@ -225,11 +232,13 @@ impl Demo {
                 args.ttft_ms = 80;
                 args.tokens_per_s = 40.0;
                 args.max_tokens = 24;
-                let backend = SimBackend::start(args)
+                let backend = SimBackend::start(args.clone())
                     .await
                     .with_context(|| format!("cannot start a {kind:?} backend"))?;
                 urls.push((kind, backend.url()));
-                backends.push(backend);
+                args.listen = backend.address();
+                backend_args.push(args);
+                backends.push(Some(backend));
             }
             let path = dir.join(format!("relay-{}.toml", plan.id));
             fs::write(&path, relay_config_text(plan, relay_port, &urls, health))
@@ -246,7 +255,7 @@ impl Demo {
                 admin_url: format!("http://{}", relay.admin),
                 backends: urls.iter().map(|(_, url)| url.clone()).collect(),
             });
-            relays.push(relay);
+            relays.push(Some(relay));
         }
 
         wait_until_all_up(&node.store, Duration::from_secs(20)).await?;
@@ -267,20 +276,112 @@ impl Demo {
             node,
             relays,
             backends,
+            backend_args,
+            dir,
             _dir: temp,
         })
     }
 
     /// Drains the relays, then stops the DNS node and the backends.
     pub async fn stop(self) {
-        for relay in self.relays {
+        for relay in self.relays.into_iter().flatten() {
             relay.drain_and_stop(Duration::from_secs(5)).await;
         }
         self.node.shutdown().await;
-        for backend in self.backends {
+        for backend in self.backends.into_iter().flatten() {
             let _ = backend.shutdown().await;
         }
     }
+
+    /// The running DNS node: its snapshot store, metrics and health plane.
+    pub fn node(&self) -> &DnsNode {
+        &self.node
+    }
+
+    /// The folder holding the deployment: `dns.toml`, `relay-<region>.toml`, `certs/`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The region's relay, unless stopped.
+    pub fn relay(&self, region: &str) -> Option<&RelayHandle> {
+        self.relays.get(region_index(region)?)?.as_ref()
+    }
+
+    /// One of the region's two backends (`index` 0 or 1), unless stopped.
+    pub fn backend(&self, region: &str, index: usize) -> Option<&SimBackend> {
+        self.backends.get(backend_slot(region, index)?)?.as_ref()
+    }
+
+    /// Stops the region's relay as a crash would look to its clients when `grace` is zero:
+    /// open streams are cut, new connections refused, health reports stop. False when the
+    /// region is unknown or its relay already stopped.
+    pub async fn stop_relay(&mut self, region: &str, grace: Duration) -> bool {
+        let Some(relay) = region_index(region).and_then(|i| self.relays.get_mut(i)?.take()) else {
+            return false;
+        };
+        relay.drain_and_stop(grace).await;
+        true
+    }
+
+    /// Starts the region's relay again from its `relay-<region>.toml`, on the same address
+    /// and port (its admin API gets a new port: `ready` is updated). A running relay is left
+    /// alone. Right after [`Demo::stop_relay`] this can fail with "address in use": the
+    /// stopped relay's QUIC endpoint may still hold its UDP port; try again later.
+    pub async fn start_relay(&mut self, region: &str) -> anyhow::Result<()> {
+        let index = region_index(region).with_context(|| format!("no region `{region}`"))?;
+        if self.relays[index].is_some() {
+            return Ok(());
+        }
+        let path = self.dir.join(format!("relay-{region}.toml"));
+        let config = relay_config::load_relay_config(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let relay = RelayHandle::start(config)
+            .await
+            .with_context(|| format!("cannot restart the {region} relay"))?;
+        if let Some(view) = self.ready.regions.iter_mut().find(|r| r.id == region) {
+            view.admin_url = format!("http://{}", relay.admin);
+            view.h3 = relay.h3;
+        }
+        self.relays[index] = Some(relay);
+        Ok(())
+    }
+
+    /// Stops one of the region's backends: open streams are cut, connections refused until
+    /// [`Demo::start_backend`]. False when unknown or already stopped.
+    pub async fn stop_backend(&mut self, region: &str, index: usize) -> bool {
+        let Some(backend) =
+            backend_slot(region, index).and_then(|i| self.backends.get_mut(i)?.take())
+        else {
+            return false;
+        };
+        let _ = backend.shutdown().await;
+        true
+    }
+
+    /// Starts a stopped backend again on its old address, where its relay expects it.
+    pub async fn start_backend(&mut self, region: &str, index: usize) -> anyhow::Result<()> {
+        let slot = backend_slot(region, index)
+            .with_context(|| format!("no backend {index} in region `{region}`"))?;
+        if self.backends[slot].is_some() {
+            return Ok(());
+        }
+        let args = self.backend_args[slot].clone();
+        let backend = SimBackend::start(args)
+            .await
+            .with_context(|| format!("cannot restart backend {index} of {region}"))?;
+        self.backends[slot] = Some(backend);
+        Ok(())
+    }
+}
+
+fn region_index(region: &str) -> Option<usize> {
+    REGIONS.iter().position(|plan| plan.id == region)
+}
+
+fn backend_slot(region: &str, index: usize) -> Option<usize> {
+    let per_region = REGIONS[0].kinds.len();
+    (index < per_region).then_some(region_index(region)? * per_region + index)
 }
 
 /// The node starts before the relays, so its own probe may have marked regions down in the
