@@ -455,7 +455,7 @@ impl FlipLog {
 }
 
 /// An error with its sources, `a: b: c`, for a single log field.
-struct DisplayChain<'e>(&'e (dyn std::error::Error + 'static));
+pub(crate) struct DisplayChain<'e>(pub(crate) &'e (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for DisplayChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -334,12 +334,15 @@ impl Proxy {
             }
             Ok(Err(error)) => {
                 // The request may have reached the backend: a retry could run it twice.
+                // (hyper-util already resends requests a reused connection never carried.)
+                // The whole cause chain goes into the reason: "client error (SendRequest)"
+                // alone does not say whether the backend closed or reset the connection.
                 self.pool
                     .record_failure(backend, Failure::ResetBeforeResponse, Instant::now());
                 self.stats.record_error(Instant::now());
                 return Attempt::Fail(RelayError::BadGateway {
                     backend: backend_id.to_string(),
-                    reason: error.to_string(),
+                    reason: super::probe::DisplayChain(&error).to_string(),
                 });
             }
             Ok(Ok(response)) => response,
