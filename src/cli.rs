@@ -301,7 +301,8 @@ async fn serve_dns(
     Ok(())
 }
 
-async fn wait_for_termination() {
+/// Until SIGTERM or SIGINT (Ctrl-C); forever if signal handlers cannot be installed.
+pub(crate) async fn wait_for_termination() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

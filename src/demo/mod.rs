@@ -432,27 +432,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     info!(dns = %demo.ready.dns_udp, admin = %demo.ready.admin_url, "demo serving");
     println!("{}", instructions(&demo.ready, args.dir.is_some()));
 
-    wait_for_interrupt().await;
+    crate::cli::wait_for_termination().await;
     println!("stopping the demo …");
     demo.stop().await;
     if let Some(path) = &args.ready_file {
         let _ = fs::remove_file(path);
     }
     Ok(())
-}
-
-async fn wait_for_interrupt() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 /// A port free for TCP and UDP on every one of `addresses` (each relay binds its own address
