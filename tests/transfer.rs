@@ -2,7 +2,9 @@
 //! `meridian` binary on loopback (initial AXFR, then NOTIFY and a re-transfer after the zone
 //! file changes), access control from two loopback addresses, transfers refused over UDP, and
 //! a 20 000-record zone split across many messages, read by a raw client parsing with
-//! hickory and by `dig`.
+//! hickory and by `dig`; and TSIG (RFC 8945): transfers and NOTIFYs signed with a
+//! `[[tsig_key]]`, checked by `dig -y` and by a Knot secondary holding the same key, and
+//! requests without the key's signature refused.
 
 mod common;
 
@@ -17,6 +19,10 @@ use common::*;
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RData, Record, RecordType},
+};
+use meridian::{
+    config::model::TsigAlgorithm,
+    dns::tsig::{self, Key},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -256,6 +262,165 @@ async fn a_large_zone_is_transferred_completely_in_many_messages() {
     server.stop().await;
 }
 
+// --- TSIG ------------------------------------------------------------------------------------
+
+const KEY_NAME: &str = "xfr-key.";
+/// 32 random-looking octets, base64: what `tsig-keygen` prints.
+const SECRET: &str = "9Q1qzRAbrdZiO1tTb3i0E3/WYa7oXS9cHDUDW8Y6xgM=";
+const WRONG_SECRET: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// Writes the key's secret file (0600) and its `[[tsig_key]]` into the scratch config.
+fn add_key(scratch: &Scratch, secret: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = scratch.path("zones/xfr.b64");
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut config = scratch.read("zones/meridian.toml");
+    config.push_str(&format!(
+        "\n[[tsig_key]]\nname = \"{KEY_NAME}\"\nalgorithm = \"hmac-sha256\"\nsecret_file = \"xfr.b64\"\n"
+    ));
+    scratch.replace("zones/meridian.toml", &config);
+}
+
+/// `dig` against `server`, off the runtime's thread (the server answers on this runtime).
+async fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let mut all = vec!["+tries=1".to_owned(), "+time=5".to_owned()];
+    all.extend([
+        "-p".to_owned(),
+        server.port().to_string(),
+        "@127.0.0.1".to_owned(),
+    ]);
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let output = tokio::task::spawn_blocking(move || Command::new("dig").args(&all).output())
+        .await
+        .unwrap()
+        .expect("dig runs");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    text
+}
+
+/// A transfer request signed by the test's own TSIG code, sent over TCP: the first response
+/// message, raw.
+async fn signed_transfer(server: SocketAddr, key: &Key, zone: &str, time: u64) -> Vec<u8> {
+    let mut packet = query_packet(zone, RecordType::AXFR);
+    tsig::sign_request(key, &mut packet, time);
+    let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
+    let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&packet);
+    stream.write_all(&framed).await.unwrap();
+    let read = async {
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).await?;
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut body).await?;
+        std::io::Result::Ok(body)
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("an answer within 20 s")
+        .expect("a response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_with_a_transfer_key_transfers_only_signed_requests() {
+    let scratch = Scratch::new();
+    add_key(&scratch, SECRET);
+    write_large_zone(&scratch.path("zones/big.test.zone"));
+    let mut config = scratch.read("zones/meridian.toml");
+    config.push_str(&format!(
+        "\n[[zone]]\norigin = \"big.test.\"\nfile = \"big.test.zone\"\ntransfer_to = [\"127.0.0.1\"]\ntransfer_key = \"{KEY_NAME}\"\n"
+    ));
+    scratch.replace("zones/meridian.toml", &config);
+    zone_keys(
+        &scratch,
+        &format!("transfer_to = [\"127.0.0.1\"]\ntransfer_key = \"{KEY_NAME}\""),
+    );
+    let server = TestServer::start(&scratch.config()).await;
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+
+    // Unsigned: refused, even from an allowed address.
+    let unsigned = transfer(server.addr, loopback, "example.test.", RecordType::AXFR).await;
+    assert_eq!(unsigned.len(), 1);
+    assert_eq!(unsigned[0].metadata.response_code, ResponseCode::Refused);
+    assert!(unsigned[0].answers.is_empty());
+
+    let secret = tsig::decode_base64(SECRET).unwrap();
+    let key = Key::new(
+        Name::from_ascii(KEY_NAME).unwrap(),
+        TsigAlgorithm::HmacSha256,
+        &secret,
+    );
+    let now = tsig::unix_now();
+    // Our own signer and verifier agree end to end (the chain is dig's to check, below).
+    let granted = signed_transfer(server.addr, &key, "example.test.", now).await;
+    assert_eq!(rcode_and_tsig_error(&granted), (ResponseCode::NoError, 0));
+    // Signed too far in the past: NOTAUTH, BADTIME, our clock in Other Data, signed.
+    let late = signed_transfer(server.addr, &key, "example.test.", now - 3_600).await;
+    assert_eq!(rcode_and_tsig_error(&late), (ResponseCode::NotAuth, 18));
+    let record = tsig::find(&late).unwrap().unwrap();
+    assert_eq!(record.time_signed, now - 3_600);
+    assert_eq!(record.other.len(), 6);
+    assert_eq!(record.mac.len(), 32, "a BADTIME answer is signed");
+    // Another key's name: NOTAUTH, BADKEY, unsigned.
+    let stranger = Key::new(
+        Name::from_ascii("other-key.").unwrap(),
+        TsigAlgorithm::HmacSha256,
+        &secret,
+    );
+    let unknown = signed_transfer(server.addr, &stranger, "example.test.", now).await;
+    assert_eq!(rcode_and_tsig_error(&unknown), (ResponseCode::NotAuth, 17));
+    assert!(tsig::find(&unknown).unwrap().unwrap().mac.is_empty());
+
+    if require_tool("dig") {
+        // dig signs with the key and verifies every message's MAC, chained (RFC 8945
+        // §5.3.1): a transfer of many messages completes only if each one verifies.
+        let signed_key = format!("hmac-sha256:{KEY_NAME}:{SECRET}");
+        let text = dig(server.addr, &["-y", &signed_key, "big.test.", "AXFR"]).await;
+        assert!(
+            text.contains(&format!("XFR size: {} records", LARGE_RECORDS + 1)),
+            "dig says:\n{}",
+            tail(&text)
+        );
+        let text = dig(server.addr, &["-y", &signed_key, "example.test.", "AXFR"]).await;
+        assert!(text.contains("XFR size:"), "dig says:\n{}", tail(&text));
+        assert!(!text.contains("tsig"), "dig says:\n{}", tail(&text));
+
+        // The wrong secret: BADSIG, nothing transferred.
+        let wrong_key = format!("hmac-sha256:{KEY_NAME}:{WRONG_SECRET}");
+        let text = dig(server.addr, &["-y", &wrong_key, "example.test.", "AXFR"]).await;
+        assert!(!text.contains("XFR size:"), "dig says:\n{}", tail(&text));
+        assert!(text.contains("BADSIG"), "dig says:\n{}", tail(&text));
+        // No key: refused.
+        let text = dig(server.addr, &["example.test.", "AXFR"]).await;
+        assert!(!text.contains("XFR size:"), "dig says:\n{}", tail(&text));
+    }
+
+    // The wrong secret, to our own parser: NOTAUTH with BADSIG and no MAC.
+    let forged = Key::new(
+        Name::from_ascii(KEY_NAME).unwrap(),
+        TsigAlgorithm::HmacSha256,
+        &tsig::decode_base64(WRONG_SECRET).unwrap(),
+    );
+    let bad = signed_transfer(server.addr, &forged, "example.test.", now).await;
+    assert_eq!(rcode_and_tsig_error(&bad), (ResponseCode::NotAuth, 16));
+    assert!(tsig::find(&bad).unwrap().unwrap().mac.is_empty());
+    server.stop().await;
+}
+
+fn rcode_and_tsig_error(response: &[u8]) -> (ResponseCode, u16) {
+    let message = Message::from_vec(response).expect("a DNS message");
+    let record = tsig::find(response)
+        .expect("well-formed")
+        .expect("a TSIG record");
+    (message.metadata.response_code, record.error)
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
 // --- A real secondary: Knot DNS ------------------------------------------------------------
 
 /// Whether `knotd` is installed; in CI (CI=true) its absence is a failure.
@@ -294,10 +459,21 @@ struct Knot {
 }
 
 impl Knot {
-    fn start(dir: &Path, port: u16, primary: SocketAddr) -> Knot {
+    /// `secret`: the base64 secret of `xfr-key.`, which Knot then signs its transfer
+    /// requests with and demands on NOTIFYs.
+    fn start(dir: &Path, port: u16, primary: SocketAddr, secret: Option<&str>) -> Knot {
         let d = dir.display();
+        let (keys, with_key) = match secret {
+            Some(secret) => (
+                format!(
+                    "key:\n  - id: {KEY_NAME}\n    algorithm: hmac-sha256\n    secret: {secret}\n"
+                ),
+                format!("\n    key: {KEY_NAME}"),
+            ),
+            None => (String::new(), String::new()),
+        };
         let config = format!(
-            r#"server:
+            r#"{keys}server:
     rundir: "{d}"
     listen: 127.0.0.1@{port}
 database:
@@ -309,10 +485,10 @@ log:
     any: info
 remote:
   - id: meridian
-    address: {ip}@{primary_port}
+    address: {ip}@{primary_port}{with_key}
 acl:
   - id: notify_from_meridian
-    address: 127.0.0.1
+    address: 127.0.0.1{with_key}
     action: notify
 template:
   - id: default
@@ -394,6 +570,18 @@ fn soa_serial(message: &Message) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_knot_secondary_transfers_the_zone_and_follows_notify() {
+    knot_follows_meridian(false).await;
+}
+
+/// The same with TSIG on both sides: Knot signs its transfer requests and accepts only
+/// signed NOTIFYs, so the zone reaching it at all, and the NOTIFY being taken, prove both
+/// directions verify against an independent implementation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knot_secondary_with_the_key_transfers_and_takes_signed_notify() {
+    knot_follows_meridian(true).await;
+}
+
+async fn knot_follows_meridian(signed: bool) {
     if !knot_available() {
         return;
     }
@@ -401,14 +589,21 @@ async fn a_knot_secondary_transfers_the_zone_and_follows_notify() {
     let knot_dir = tempfile::tempdir().unwrap();
     let knot_port = free_port();
     let knot_addr: SocketAddr = ([127, 0, 0, 1], knot_port).into();
-    zone_keys(
-        &scratch,
-        &format!("transfer_to = [\"127.0.0.1\"]\nnotify = [\"{knot_addr}\"]"),
-    );
+    let mut keys = format!("transfer_to = [\"127.0.0.1\"]\nnotify = [\"{knot_addr}\"]");
+    if signed {
+        add_key(&scratch, SECRET);
+        keys.push_str(&format!("\ntransfer_key = \"{KEY_NAME}\""));
+    }
+    zone_keys(&scratch, &keys);
     let config = scratch.config();
     let meridian = Binary::dns(&["--config", config.to_str().unwrap()]);
     let primary: SocketAddr = meridian.ready["tcp"][0].as_str().unwrap().parse().unwrap();
-    let knot = Knot::start(knot_dir.path(), knot_port, primary);
+    let knot = Knot::start(
+        knot_dir.path(),
+        knot_port,
+        primary,
+        signed.then_some(SECRET),
+    );
 
     // Bootstrap: Knot transfers the zone as soon as it starts.
     wait_for(&knot, knot_addr, "example.test.", RecordType::SOA, |m| {
@@ -471,5 +666,6 @@ async fn a_knot_secondary_transfers_the_zone_and_follows_notify() {
     );
     let log = knot.log();
     assert!(log.contains("notify, incoming"), "knotd log:\n{log}");
+    assert!(!log.contains("denied"), "knotd log:\n{log}");
     drop(meridian);
 }

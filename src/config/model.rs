@@ -212,6 +212,37 @@ pub struct ZoneSource {
     pub transfer_to: Vec<IpNet>,
     /// Secondaries sent a NOTIFY (RFC 1996) when a reload changes the zone's serial.
     pub notify: Vec<SocketAddr>,
+    /// `transfer_key`: transfers must be signed with this key (on top of `transfer_to`), and
+    /// NOTIFYs are signed with it. Resolved from its `[[tsig_key]]` at validation.
+    pub transfer_key: Option<TsigKey>,
+}
+
+/// A `[[tsig_key]]` (RFC 8945). The secret is read from `secret_file` when it is used
+/// (`crate::dns::tsig::Key::load`), so it is never part of the configuration, its `Debug`
+/// output or a log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TsigKey {
+    /// Lower-case, fully qualified: the TSIG record's owner name.
+    pub name: Name,
+    pub algorithm: TsigAlgorithm,
+    pub secret_file: PathBuf,
+}
+
+/// A TSIG MAC algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha256,
+    HmacSha512,
+}
+
+impl TsigAlgorithm {
+    /// The algorithm's name as written in TSIG records and configuration (RFC 8945 §6).
+    pub fn name(self) -> &'static str {
+        match self {
+            TsigAlgorithm::HmacSha256 => "hmac-sha256",
+            TsigAlgorithm::HmacSha512 => "hmac-sha512",
+        }
+    }
 }
 
 impl ZoneSource {

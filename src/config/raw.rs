@@ -40,6 +40,9 @@ pub struct RawDnsConfig {
     pub anycast: Option<RawAnycast>,
     #[serde(default)]
     pub rrl: Option<RawRateLimit>,
+    /// `[[tsig_key]]`: shared secrets zone transfers and NOTIFYs are signed with.
+    #[serde(default, rename = "tsig_key")]
+    pub tsig_keys: Vec<RawTsigKey>,
 }
 
 /// `[server]`: listeners and transport limits.
@@ -108,6 +111,29 @@ pub struct RawZone {
     /// Secondaries sent a NOTIFY when a reload changes the zone's serial.
     #[serde(default)]
     pub notify: Vec<String>,
+    /// Name of the `[[tsig_key]]` transfers must be signed with (and NOTIFYs are signed with).
+    #[serde(default)]
+    pub transfer_key: Option<String>,
+}
+
+/// `[[tsig_key]]`: a TSIG (RFC 8945) key. The secret lives in its own file, never in the
+/// configuration, so the configuration can be shown and versioned.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTsigKey {
+    pub name: String,
+    pub algorithm: RawTsigAlgorithm,
+    /// The base64 secret, as `tsig-keygen` or `keymgr -t` print it.
+    pub secret_file: PathBuf,
+}
+
+/// The HMACs a TSIG key may use (RFC 8945 §6: SHA-256 is mandatory to implement).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum RawTsigAlgorithm {
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "hmac-sha512")]
+    HmacSha512,
 }
 
 /// `[[region]]`: a set of relay endpoints.

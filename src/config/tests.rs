@@ -390,6 +390,7 @@ fn each_mistake_is_reported_at_its_field() {
                         "admin",
                         "anycast",
                         "rrl",
+                        "tsig_key",
                     ]),
                 },
             ),
@@ -1522,5 +1523,68 @@ fn zone_transfer_mistakes_are_reported_at_their_field() {
                 }
             ),
         ]
+    );
+}
+
+/// BASE with a `[[tsig_key]]` appended and `keys` added to its `[[zone]]`.
+fn with_tsig_key(key: &str, zone_keys: &str) -> String {
+    format!("{}\n[[tsig_key]]\n{key}\n", with_zone_keys(zone_keys))
+}
+
+#[test]
+fn a_zone_transfer_key_is_resolved_from_its_tsig_key() {
+    use super::model::{TsigAlgorithm, TsigKey};
+    assert_eq!(parse(BASE).unwrap().zones[0].transfer_key, None);
+    let config = parse(&with_tsig_key(
+        "name = \"Xfr-Key\"\nalgorithm = \"hmac-sha512\"\nsecret_file = \"keys/xfr.b64\"",
+        "transfer_to = [\"192.0.2.0/24\"]\ntransfer_key = \"xfr-key.\"",
+    ))
+    .unwrap();
+    let folder = Path::new(SOURCE).parent().unwrap();
+    assert_eq!(
+        config.zones[0].transfer_key,
+        Some(TsigKey {
+            name: name("xfr-key."),
+            algorithm: TsigAlgorithm::HmacSha512,
+            secret_file: folder.join("keys/xfr.b64"),
+        })
+    );
+}
+
+#[test]
+fn tsig_key_mistakes_are_reported_at_their_field() {
+    let key = "name = \"xfr-key.\"\nalgorithm = \"hmac-sha256\"\nsecret_file = \"k\"";
+    let errors = field_errors(&format!(
+        "{}\n[[tsig_key]]\n{key}\n",
+        with_tsig_key(key, "transfer_key = \"other-key.\"")
+    ));
+    assert_eq!(
+        errors,
+        [
+            error(
+                "tsig_key[1].name",
+                Problem::Duplicate {
+                    value: "xfr-key.".into(),
+                    first: "tsig_key[0].name".into(),
+                }
+            ),
+            error(
+                "zone[0].transfer_key",
+                Problem::UnknownVariant {
+                    value: "other-key.".into(),
+                    expected: strings(&["xfr-key."]),
+                }
+            ),
+        ]
+    );
+    let errors = field_errors(&with_tsig_key(
+        "name = \"k.\"\nalgorithm = \"hmac-md5\"\nsecret_file = \"k\"",
+        "",
+    ));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "tsig_key[0].algorithm");
+    assert!(
+        matches!(&errors[0].problem, Problem::UnknownVariant { value, .. } if value == "hmac-md5"),
+        "{errors:?}"
     );
 }

@@ -23,12 +23,12 @@ use super::{
         AdminApi, AllUnhealthy, Anycast, CidrOverride, Coordinates, CostPreference, DnsConfig,
         Endpoints, GeoIpSource, GeoMap, GslbName, HealthChannel, LatencyFallback, Limits,
         ProbeSettings, RateLimit, Region, RegionIdx, RelayProbe, SpillWatermarks, SteeringMode,
-        SteeringPolicy, ZoneSource,
+        SteeringPolicy, TsigAlgorithm, TsigKey, ZoneSource,
     },
     raw::{
         RawAdmin, RawAllUnhealthy, RawAnycast, RawCost, RawDnsConfig, RawGeoMap, RawGslb,
         RawHealth, RawLatencyFallback, RawMode, RawOverride, RawRateLimit, RawRegion,
-        RawRelayProbe, RawServer, RawZone,
+        RawRelayProbe, RawServer, RawTsigAlgorithm, RawTsigKey, RawZone,
     },
 };
 
@@ -58,7 +58,8 @@ impl TryFrom<RawDocument<'_, RawDnsConfig>> for DnsConfig {
         let geoip = raw.geoip.as_ref().map(|g| GeoIpSource {
             path: v.path("geoip.database", &g.database),
         });
-        let (zones, origins) = v.zones(&raw.zones);
+        let keys = v.tsig_keys(&raw.tsig_keys);
+        let (zones, origins) = v.zones(&raw.zones, &keys);
         let health = raw.health.as_ref().map(|h| v.health(h, &listen));
         let regions = v.regions(&raw.regions, health.is_some());
         let ids = RegionIds::new(&raw.regions);
@@ -330,7 +331,7 @@ impl Validator {
     }
 
     /// The zones, and the origins that parsed (the only ones GSLB names are placed in).
-    fn zones(&mut self, raw: &[RawZone]) -> (Vec<ZoneSource>, Vec<Name>) {
+    fn zones(&mut self, raw: &[RawZone], keys: &[TsigKey]) -> (Vec<ZoneSource>, Vec<Name>) {
         if raw.is_empty() {
             self.report("zone", Problem::NoZones);
         }
@@ -366,14 +367,70 @@ impl Validator {
                 &zone.notify,
                 AddressKind::SocketAddr,
             );
+            let transfer_key = zone
+                .transfer_key
+                .as_deref()
+                .and_then(|text| self.key_reference(&field(&base, "transfer_key"), text, keys));
             zones.push(ZoneSource {
                 origin,
                 file,
                 transfer_to,
                 notify,
+                transfer_key,
             });
         }
         (zones, origins)
+    }
+
+    /// `[[tsig_key]]`: names unique (compared as domain names), secret paths resolved.
+    fn tsig_keys(&mut self, raw: &[RawTsigKey]) -> Vec<TsigKey> {
+        let mut first_at: HashMap<Name, String> = HashMap::new();
+        let mut keys = Vec::with_capacity(raw.len());
+        for (i, key) in raw.iter().enumerate() {
+            let base = at("tsig_key", i);
+            let name_field = field(&base, "name");
+            let secret_file = self.path(&field(&base, "secret_file"), &key.secret_file);
+            let Some(name) = self.name(&name_field, &key.name) else {
+                continue;
+            };
+            if let Some(first) = first_at.get(&name) {
+                self.report(
+                    name_field,
+                    Problem::Duplicate {
+                        value: name.to_string(),
+                        first: first.clone(),
+                    },
+                );
+                continue;
+            }
+            first_at.insert(name.clone(), name_field);
+            let algorithm = match key.algorithm {
+                RawTsigAlgorithm::HmacSha256 => TsigAlgorithm::HmacSha256,
+                RawTsigAlgorithm::HmacSha512 => TsigAlgorithm::HmacSha512,
+            };
+            keys.push(TsigKey {
+                name,
+                algorithm,
+                secret_file,
+            });
+        }
+        keys
+    }
+
+    /// A zone's `transfer_key`: the name of a `[[tsig_key]]`.
+    fn key_reference(&mut self, field: &str, text: &str, keys: &[TsigKey]) -> Option<TsigKey> {
+        let name = self.name(field, text)?;
+        let key = keys.iter().find(|key| key.name == name).cloned();
+        if key.is_none() {
+            self.report(
+                field,
+                Problem::UnknownVariant {
+                    value: text.to_owned(),
+                    expected: keys.iter().map(|key| key.name.to_string()).collect(),
+                },
+            );
+        }
+        key
     }
 
     /// `[[zone]] transfer_to`: networks in CIDR notation (a bare address means that one

@@ -7,4 +7,5 @@ pub mod notify;
 pub mod rrl;
 pub mod server;
 pub mod transfer;
+pub mod tsig;
 pub mod wire;

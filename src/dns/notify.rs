@@ -5,7 +5,9 @@
 //! whose SOA serial differs between two snapshots, or that is new, is announced to its
 //! `[[zone]] notify` targets) and the sending (UDP, retried with doubling waits until the
 //! secondary answers, a bounded number of times). It never changes what Meridian serves, and a
-//! secondary that never answers costs one short-lived task, nothing else. The reload loop
+//! secondary that never answers costs one short-lived task, nothing else. A zone with a
+//! `transfer_key` has its NOTIFYs signed with it (TSIG); the answer's signature is not
+//! checked, as an answer only ends the retries. The reload loop
 //! calls [`Notifier::after_reload`].
 
 use std::{
@@ -27,7 +29,12 @@ use prometheus_client::{
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
-use crate::{config::model::ZoneSource, metrics::MetricsSource, zone::Zones};
+use super::tsig::{self, Key};
+use crate::{
+    config::model::{TsigKey, ZoneSource},
+    metrics::MetricsSource,
+    zone::Zones,
+};
 
 /// How often and how patiently a NOTIFY is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +59,9 @@ pub struct Announcement {
     pub origin: Name,
     pub soa: Record,
     pub target: SocketAddr,
+    /// The zone's `transfer_key`: the NOTIFY is signed with it (RFC 8945), as a secondary
+    /// that transfers with a key usually accepts NOTIFY only signed with it.
+    pub key: Option<TsigKey>,
 }
 
 /// The NOTIFYs a change from `before` to `after` calls for: each zone of `after` with
@@ -72,6 +82,7 @@ pub fn announcements(before: &Zones, after: &Zones, sources: &[ZoneSource]) -> V
                 origin: zone.origin().clone(),
                 soa: zone.soa().clone(),
                 target: *target,
+                key: source.transfer_key.clone(),
             });
         }
     }
@@ -217,7 +228,7 @@ impl Notifier {
             };
         }
         let id = self.id();
-        let packet = match notify_message(id, announcement).to_vec() {
+        let mut packet = match notify_message(id, announcement).to_vec() {
             Ok(packet) => packet,
             Err(error) => {
                 return Delivery::Failed {
@@ -225,6 +236,20 @@ impl Notifier {
                 };
             }
         };
+        if let Some(spec) = &announcement.key {
+            // Read per NOTIFY, like the transfer side: a rotated secret needs no reload.
+            match Key::load(spec) {
+                // Retries resend the same signature: they all fall within its fudge.
+                Ok(key) => {
+                    tsig::sign_request(&key, &mut packet, tsig::unix_now());
+                }
+                Err(error) => {
+                    return Delivery::Failed {
+                        reason: error.to_string(),
+                    };
+                }
+            }
+        }
         let mut wait = self.retry.first_wait;
         let mut buffer = vec![0u8; 4096];
         for attempt in 1..=self.retry.attempts {
@@ -323,6 +348,7 @@ mod tests {
             file: "unused".into(),
             transfer_to: Vec::new(),
             notify: notify.iter().map(|t| t.parse().unwrap()).collect(),
+            transfer_key: None,
         }
     }
 
@@ -369,6 +395,7 @@ mod tests {
             origin: Name::from_ascii("a.test.").unwrap(),
             soa: zone("a.test.", 3).soa().clone(),
             target: "127.0.0.1:53".parse().unwrap(),
+            key: None,
         };
         let query = notify_message(42, &announcement);
         assert_eq!(
@@ -415,6 +442,7 @@ mod tests {
             origin: Name::from_ascii("a.test.").unwrap(),
             soa: zone("a.test.", 3).soa().clone(),
             target,
+            key: None,
         };
         assert_eq!(
             notifier.deliver(&announcement).await,
@@ -441,6 +469,7 @@ mod tests {
             origin: Name::from_ascii("a.test.").unwrap(),
             soa: zone("a.test.", 3).soa().clone(),
             target: silent.local_addr().unwrap(),
+            key: None,
         };
         assert_eq!(
             notifier.deliver(&announcement).await,

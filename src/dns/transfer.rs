@@ -1,9 +1,11 @@
 //! Zone transfers out: AXFR (RFC 5936), and IXFR (RFC 1995) answered with the whole zone.
 //!
-//! This module owns who may transfer a zone (`[[zone]] transfer_to`), what a secondary
-//! receives, and how a transfer is cut into DNS messages. It does no IO: the TCP listener
-//! asks [`is_transfer_query`] per packet and, for a transfer, writes the messages
-//! [`respond`] returns. Over UDP there are no transfers (RFC 5936 §4.2): the ordinary
+//! This module owns who may transfer a zone (`[[zone]] transfer_to`, and with `transfer_key`
+//! a TSIG signature by that key, RFC 8945), what a secondary receives, and how a transfer is
+//! cut into DNS messages, each signed when the request was. Its only IO is reading the
+//! zone's TSIG secret file ([`tsig::Key::load`]): the TCP listener asks
+//! [`is_transfer_query`] per packet and, for a transfer, writes the messages [`respond`]
+//! returns, from a blocking thread. Over UDP there are no transfers (RFC 5936 §4.2): the ordinary
 //! handler answers AXFR with REFUSED and IXFR with the current SOA ([`ixfr_over_udp`]), which
 //! RFC 1995 §2 defines as "ask again over TCP".
 //!
@@ -38,10 +40,13 @@ use tracing::{debug, info, warn};
 
 use super::{
     handler::{AnswerSource, Summary},
+    tsig::{self, Key, Rejection, ResponseSigner, TsigError},
     wire::{self, Query},
 };
 use crate::{
-    config::model::{DnsConfig, Endpoints, GslbName, LatencyFallback, RegionIdx, SteeringMode},
+    config::model::{
+        DnsConfig, Endpoints, GslbName, LatencyFallback, RegionIdx, SteeringMode, ZoneSource,
+    },
     snapshot::Snapshot,
     zone::Zone,
 };
@@ -86,40 +91,163 @@ pub fn is_transfer_query(packet: &[u8]) -> bool {
 
 /// Answers a transfer query that came over TCP. `None`: the packet is not a well-formed
 /// transfer query, and the ordinary handler answers it (FORMERR, NOTIMP, a drop) as it
-/// answers any malformed packet.
+/// answers any malformed packet. Reads the zone's TSIG secret file when it has a
+/// `transfer_key` (the caller runs this on a blocking thread).
 pub fn respond(snapshot: &Snapshot, packet: &[u8], peer: SocketAddr) -> Option<TransferResponse> {
+    respond_at(snapshot, packet, peer, tsig::unix_now())
+}
+
+/// [`respond`] with the clock TSIG times are checked against (seconds since the Unix epoch).
+pub fn respond_at(
+    snapshot: &Snapshot,
+    packet: &[u8],
+    peer: SocketAddr,
+    now: u64,
+) -> Option<TransferResponse> {
     let query = wire::parse_query(packet).ok()?;
     if !matches!(query.qtype, RecordType::AXFR | RecordType::IXFR) {
         return None;
     }
     if !transfer_class(query.qclass) {
-        return Some(single(
-            &query,
-            ResponseCode::Refused,
-            Vec::new(),
-            AnswerSource::Refused,
-        ));
+        return Some(refused(&query));
     }
-    let zone = match transfer_zone(snapshot, &query.lower_name, peer) {
-        Ok(zone) => zone,
+    let (zone, source) = match transfer_zone(snapshot, &query.lower_name, peer) {
+        Ok(found) => found,
         Err(rcode) => return Some(single(&query, rcode, Vec::new(), AnswerSource::Refused)),
     };
+    let key = match source.transfer_key.as_ref().map(Key::load).transpose() {
+        Ok(key) => key,
+        Err(error) => {
+            warn!(%peer, zone = %zone.origin(), %error, "zone transfer failed: TSIG key unusable");
+            return Some(single(
+                &query,
+                ResponseCode::ServFail,
+                Vec::new(),
+                AnswerSource::Refused,
+            ));
+        }
+    };
+    let mut signer = match authenticate(&query, key.as_ref(), packet, peer, now) {
+        Ok(signer) => signer,
+        Err(response) => return Some(response),
+    };
+    let mut response = transfer(snapshot, zone, &query, packet, peer);
+    if let Some(signer) = signer.as_mut() {
+        for message in &mut response.messages {
+            signer.sign(message, now);
+        }
+    }
+    Some(response)
+}
+
+/// Checks a transfer request's TSIG against the zone's key (RFC 8945 §5.2). `Ok`: the signer
+/// of the response (`None`: the zone takes unsigned transfers and the request is unsigned).
+/// `Err`: the refusal to send, signed where RFC 8945 says so (BADTIME).
+fn authenticate<'k>(
+    query: &Query,
+    key: Option<&'k Key>,
+    packet: &[u8],
+    peer: SocketAddr,
+    now: u64,
+) -> Result<Option<ResponseSigner<'k>>, TransferResponse> {
+    let zone = &query.lower_name;
+    let received = match tsig::find(packet) {
+        Ok(received) => received,
+        Err(error) => {
+            info!(%peer, %zone, %error, "zone transfer refused");
+            return Err(refused(query));
+        }
+    };
+    let (key, received) = match (key, received) {
+        (None, None) => return Ok(None),
+        (Some(key), None) => {
+            info!(%peer, %zone, key = %key.name(), "zone transfer refused: request not signed");
+            return Err(refused(query));
+        }
+        (None, Some(received)) => {
+            // We hold no key for this zone, so none can be the right one (RFC 8945 §5.2.1).
+            let rejection = Rejection {
+                error: TsigError::BadKey,
+                request: Box::new(received),
+            };
+            return Err(tsig_refusal(query, &rejection, None, now, peer));
+        }
+        (Some(key), Some(received)) => (key, received),
+    };
+    match tsig::verify_request(key, received, now) {
+        Ok(request_mac) => Ok(Some(ResponseSigner::new(key, request_mac))),
+        Err(rejection) => Err(tsig_refusal(query, &rejection, Some(key), now, peer)),
+    }
+}
+
+/// NOTAUTH with the TSIG error (RFC 8945 §5.2): unsigned for BADKEY and BADSIG, whose MAC
+/// we cannot trust; signed for BADTIME, whose MAC verified.
+fn tsig_refusal(
+    query: &Query,
+    rejection: &Rejection,
+    key: Option<&Key>,
+    now: u64,
+    peer: SocketAddr,
+) -> TransferResponse {
+    info!(
+        %peer,
+        zone = %query.lower_name,
+        key = %rejection.request.key_name,
+        tsig_error = %rejection.error,
+        time_signed = rejection.request.time_signed,
+        now,
+        "zone transfer refused: TSIG check failed"
+    );
+    let mut response = single(
+        query,
+        ResponseCode::NotAuth,
+        Vec::new(),
+        AnswerSource::Refused,
+    );
+    for message in &mut response.messages {
+        match (rejection.error, key) {
+            (TsigError::BadTime, Some(key)) => {
+                ResponseSigner::new(key, rejection.request.mac.clone()).sign_bad_time(
+                    message,
+                    rejection.request.time_signed,
+                    now,
+                );
+            }
+            _ => tsig::append_unsigned_error(message, rejection),
+        }
+    }
+    response
+}
+
+fn refused(query: &Query) -> TransferResponse {
+    single(
+        query,
+        ResponseCode::Refused,
+        Vec::new(),
+        AnswerSource::Refused,
+    )
+}
+
+/// The transfer itself, once the client is allowed: the SOA alone for an up-to-date IXFR
+/// client, else the whole zone.
+fn transfer(
+    snapshot: &Snapshot,
+    zone: &Zone,
+    query: &Query,
+    packet: &[u8],
+    peer: SocketAddr,
+) -> TransferResponse {
     if query.qtype == RecordType::IXFR
         && let Some(theirs) = ixfr_client_serial(packet)
         && !serial_is_older(theirs, zone.serial())
     {
         debug!(%peer, zone = %zone.origin(), serial = theirs, "IXFR: secondary is up to date");
         let soa = vec![zone.soa().clone()];
-        return Some(single(
-            &query,
-            ResponseCode::NoError,
-            soa,
-            AnswerSource::Zone,
-        ));
+        return single(query, ResponseCode::NoError, soa, AnswerSource::Zone);
     }
 
     let records = transfer_records(snapshot, zone);
-    match pack(&query, &records) {
+    match pack(query, &records) {
         Ok(messages) => {
             info!(
                 %peer,
@@ -130,23 +258,23 @@ pub fn respond(snapshot: &Snapshot, packet: &[u8], peer: SocketAddr) -> Option<T
                 kind = %query.qtype,
                 "zone transfer"
             );
-            Some(TransferResponse {
+            TransferResponse {
                 summary: Summary {
                     rcode: ResponseCode::NoError,
                     source: AnswerSource::Zone,
                     truncated: false,
                 },
                 messages,
-            })
+            }
         }
         Err(reason) => {
             warn!(%peer, zone = %zone.origin(), %reason, "zone transfer failed");
-            Some(single(
-                &query,
+            single(
+                query,
                 ResponseCode::ServFail,
                 Vec::new(),
                 AnswerSource::Zone,
-            ))
+            )
         }
     }
 }
@@ -162,28 +290,28 @@ pub fn ixfr_over_udp(snapshot: &Snapshot, qname: &Name) -> Result<Record, Respon
     }
 }
 
-/// The zone `qname` names, if `peer` may transfer it.
+/// The zone `qname` names and its configuration, if `peer`'s address may transfer it.
 fn transfer_zone<'s>(
     snapshot: &'s Snapshot,
     qname: &Name,
     peer: SocketAddr,
-) -> Result<&'s Zone, ResponseCode> {
+) -> Result<(&'s Zone, &'s ZoneSource), ResponseCode> {
     let zone = match snapshot.zones.find(qname) {
         Some(zone) if zone.origin() == qname => zone,
         _ => return Err(ResponseCode::NotAuth),
     };
-    let allowed = snapshot
+    let source = snapshot
         .config
         .zones
         .iter()
         .find(|source| source.origin == *qname)
-        .is_some_and(|source| source.transfer_allowed(peer.ip()));
-    if !allowed {
+        .filter(|source| source.transfer_allowed(peer.ip()));
+    let Some(source) = source else {
         // Operators want to see a secondary that is misconfigured (or someone probing).
         info!(%peer, zone = %qname, "zone transfer refused: client not in transfer_to");
         return Err(ResponseCode::Refused);
-    }
-    Ok(zone)
+    };
+    Ok((zone, source))
 }
 
 /// The serial of the SOA in an IXFR query's authority section (RFC 1995 §3).
