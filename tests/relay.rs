@@ -899,3 +899,273 @@ async fn replaced_certificate_is_served_to_new_connections_only() {
         assert_eq!(list["data"][0]["id"], MODEL);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 12. Dead pooled connections and restarts on the same address
+// ---------------------------------------------------------------------------------------------
+
+/// How [`KeepAliveDropper`] gets rid of a pooled connection's second completion request.
+#[derive(Clone, Copy, Debug)]
+enum DeadConnection {
+    /// Closes as soon as the request arrives, unread: the kernel answers with a reset, as it
+    /// does for a request that lands on a backend process that is gone.
+    ResetUnread,
+    /// Reads the request, then closes (FIN): a backend that died after taking the request.
+    CloseAfterReading,
+}
+
+/// A tiny HTTP/1.1 backend that answers the first completion on each connection (keep-alive)
+/// and kills the connection when a second one arrives on it: what a relay sees when it
+/// reuses a pooled connection to a backend that stopped. Everything else gets an empty 200.
+struct KeepAliveDropper {
+    url: String,
+    served: Arc<std::sync::atomic::AtomicU64>,
+    killed: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KeepAliveDropper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl KeepAliveDropper {
+    async fn start(mode: DeadConnection) -> KeepAliveDropper {
+        use std::sync::atomic::AtomicU64;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let served = Arc::new(AtomicU64::new(0));
+        let killed = Arc::new(AtomicU64::new(0));
+        let (s, k) = (served.clone(), killed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (s, k) = (s.clone(), k.clone());
+                tokio::spawn(async move {
+                    let _ = serve_until_second_completion(stream, mode, &s, &k).await;
+                });
+            }
+        });
+        KeepAliveDropper {
+            url,
+            served,
+            killed,
+            task,
+        }
+    }
+
+    fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn killed(&self) -> u64 {
+        self.killed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn serve_until_second_completion(
+    mut stream: tokio::net::TcpStream,
+    mode: DeadConnection,
+    served: &std::sync::atomic::AtomicU64,
+    killed: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut completions = 0;
+    let mut buffer = Vec::new();
+    loop {
+        if completions == 1 {
+            // The connection is idle in the relay's pool now; the next request on it dies.
+            stream.readable().await?;
+            if let DeadConnection::CloseAfterReading = mode {
+                // Take the whole request in (it is small), so the close is a clean FIN.
+                let mut chunk = [0u8; 65536];
+                let _ = stream.read(&mut chunk).await?;
+            }
+            killed.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        let head_end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buffer.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+        buffer.drain(..head_end + length);
+        let body = if head.starts_with("post ") && head.contains("/chat/completions") {
+            completions += 1;
+            served.fetch_add(1, Ordering::SeqCst);
+            r#"{"id":"c","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"tok1 tok2"},"finish_reason":"stop"}]}"#
+        } else {
+            ""
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(response.as_bytes()).await?;
+    }
+}
+
+/// A request that goes out on a pooled connection the backend has since dropped never reached
+/// it: the relay must send it to another backend, not answer 502.
+async fn dead_pooled_connection_is_retried(mode: DeadConnection) {
+    let dropper = KeepAliveDropper::start(mode).await;
+    let healthy = sim(&[MODEL], |_| {}).await;
+    let relay = TestRelay::start(
+        &[
+            backend("a", dropper.url.clone(), &[MODEL], 4),
+            backend("b", healthy.url(), &[MODEL], 4),
+        ],
+        "",
+    )
+    .await;
+    let b0 = probed(&healthy).await;
+    let a0 = dropper.served();
+
+    let mut client = relay.client(Proto::H1).await;
+    let mut sent = 0;
+    while dropper.killed() == 0 {
+        assert!(sent < 60, "the relay never reused its connection to a");
+        let mut response = client.chat(MODEL, false, 2).await.unwrap();
+        let text = response.text().await.unwrap();
+        assert_eq!(response.status, StatusCode::OK, "{mode:?}: {text}");
+        assert!(text.contains("tok2"), "{text}");
+        sent += 1;
+    }
+    assert!(dropper.served() - a0 >= 1);
+    assert_eq!(
+        healthy.stats().completed - b0.completed + (dropper.served() - a0),
+        sent,
+        "every request was answered exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_on_a_reset_pooled_connection_is_retried_on_another_backend() {
+    dead_pooled_connection_is_retried(DeadConnection::ResetUnread).await;
+}
+
+/// The other side of the rule: a backend that read the request and then closed may have acted
+/// on it, so the relay answers 502 rather than risk running it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_read_by_a_backend_that_then_closed_is_not_retried() {
+    let dropper = KeepAliveDropper::start(DeadConnection::CloseAfterReading).await;
+    let healthy = sim(&[MODEL], |_| {}).await;
+    let relay = TestRelay::start(
+        &[
+            backend("a", dropper.url.clone(), &[MODEL], 4),
+            backend("b", healthy.url(), &[MODEL], 4),
+        ],
+        "",
+    )
+    .await;
+    let b0 = probed(&healthy).await;
+    let a0 = dropper.served();
+
+    let mut client = relay.client(Proto::H1).await;
+    let mut sent = 0;
+    let mut failed = Vec::new();
+    while dropper.killed() == 0 {
+        assert!(sent < 60, "the relay never reused its connection to a");
+        let mut response = client.chat(MODEL, false, 2).await.unwrap();
+        let text = response.text().await.unwrap();
+        if response.status != StatusCode::OK {
+            failed.push((response.status, text));
+        }
+        sent += 1;
+    }
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (status, text) = &failed[0];
+    assert_eq!(*status, StatusCode::BAD_GATEWAY, "{text}");
+    assert!(text.contains("closed before message completed"), "{text}");
+    assert_eq!(
+        healthy.stats().completed - b0.completed + (dropper.served() - a0),
+        sent - 1,
+        "the request a took was not sent to b as well"
+    );
+}
+
+/// Binds TCP and UDP on the relay's front address, as a restarted relay would.
+fn rebind_front(relay: &TestRelay) -> Result<(), String> {
+    let tcp = std::net::TcpListener::bind(relay.https).map_err(|e| format!("TCP: {e}"));
+    let udp = std::net::UdpSocket::bind(relay.h3).map_err(|e| format!("UDP: {e}"));
+    tcp.and(udp).map(|_| ())
+}
+
+/// A stopped relay's address can be bound again as soon as `drain_and_stop` returns, even
+/// with HTTP/3 connections still open on it: one idle, one with a stream the short grace
+/// period cuts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_relay_frees_its_ports_at_once_even_when_the_grace_runs_out() {
+    let slow = sim(&[MODEL], |args| args.tokens_per_s = 5.0).await;
+    let mut relay = TestRelay::start(&[backend("a", slow.url(), &[MODEL], 4)], "").await;
+    let mut idle = relay.client(Proto::H3).await;
+    let mut busy = relay.client(Proto::H3).await;
+    let mut tcp = relay.client(Proto::H2).await;
+    let response = idle.chat(MODEL, false, 1).await.unwrap();
+    assert_eq!(response.status, StatusCode::OK);
+    let mut stream = busy.chat(MODEL, true, 50).await.unwrap();
+    assert_eq!(stream.status, StatusCode::OK);
+    stream.chunk().await.unwrap().expect("a first chunk");
+    let tcp_stream = tcp.chat(MODEL, true, 50).await.unwrap();
+    assert_eq!(tcp_stream.status, StatusCode::OK);
+
+    let handle = relay.take_handle();
+    within(
+        "drain_and_stop returns",
+        handle.drain_and_stop(Duration::from_millis(200)),
+    )
+    .await;
+    assert_eq!(
+        rebind_front(&relay),
+        Ok(()),
+        "ports still held after the stop"
+    );
+    drop((idle, busy, tcp, stream, tcp_stream));
+}
+
+/// The same after a drain that completes: the open HTTP/3 connection is idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_relay_frees_its_ports_at_once() {
+    let healthy = sim(&[MODEL], |_| {}).await;
+    let mut relay = TestRelay::start(&[backend("a", healthy.url(), &[MODEL], 4)], "").await;
+    let mut h3 = relay.client(Proto::H3).await;
+    let response = h3.chat(MODEL, false, 1).await.unwrap();
+    assert_eq!(response.status, StatusCode::OK);
+
+    let handle = relay.take_handle();
+    within(
+        "drain_and_stop returns",
+        handle.drain_and_stop(Duration::from_secs(30)),
+    )
+    .await;
+    assert_eq!(
+        rebind_front(&relay),
+        Ok(()),
+        "ports still held after the stop"
+    );
+    drop(h3);
+}

@@ -4,7 +4,9 @@
 //! (draining, saturation), backend choice (through the [`Pool`]), the retry rules, the four
 //! timeouts, and streaming the response through unbuffered. The rules that keep it safe:
 //! - a request is retried on another backend only when the backend cannot have started on it
-//!   (connect failed) or refused it before any body (429/503), within the retry budget;
+//!   (connect failed, the request was never written, or the connection was reset before any
+//!   response: see [`never_processed`]) or refused it before any body (429/503), within the
+//!   retry budget;
 //! - response headers are held back until the backend's first body byte, so a time-to-first-
 //!   token timeout still becomes a clean 504 rather than a broken stream;
 //! - once a byte reached the client nothing is retried: a failing SSE stream ends with an
@@ -333,16 +335,23 @@ impl Proxy {
                 });
             }
             Ok(Err(error)) => {
-                // The request may have reached the backend: a retry could run it twice.
-                // (hyper-util already resends requests a reused connection never carried.)
-                // The whole cause chain goes into the reason: "client error (SendRequest)"
-                // alone does not say whether the backend closed or reset the connection.
+                let reason = super::probe::DisplayChain(&error).to_string();
                 self.pool
                     .record_failure(backend, Failure::ResetBeforeResponse, Instant::now());
+                if let Some(unprocessed) = never_processed(&error) {
+                    tracing::debug!(backend = %backend_id, ?unprocessed, %reason, "request never reached the backend; trying another");
+                    return Attempt::Retry(RelayError::BadGateway {
+                        backend: backend_id.to_string(),
+                        reason,
+                    });
+                }
+                // The backend may have read the request and acted on it: a retry could run it
+                // twice. The whole cause chain goes into the reason: "client error
+                // (SendRequest)" alone does not say whether the backend closed or reset.
                 self.stats.record_error(Instant::now());
                 return Attempt::Fail(RelayError::BadGateway {
                     backend: backend_id.to_string(),
-                    reason: super::probe::DisplayChain(&error).to_string(),
+                    reason,
                 });
             }
             Ok(Ok(response)) => response,
@@ -527,6 +536,59 @@ impl Relayed {
     }
 }
 
+/// Why a failed exchange proves the backend never processed the request, if it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unprocessed {
+    /// hyper handed the request back unsent: the connection closed before it was written.
+    NotSent,
+    /// The backend's socket reset the connection before any response: it was closed with our
+    /// request unread in it, or already gone when the request arrived.
+    Reset,
+}
+
+/// Decides, from an upstream error's cause chain, whether the request provably never ran on
+/// the backend (RFC 9110 §9.2.2: a non-idempotent request may be retried automatically only
+/// when the client can tell it was never applied). The two proofs:
+/// - hyper cancelled it before writing it ([`hyper::Error::is_canceled`]); hyper-util already
+///   resends those itself on a reused connection, not on a fresh one;
+/// - the connection was reset (`ECONNRESET`, `EPIPE`, `ECONNABORTED`, on write or read) before
+///   the response head: a peer that had read the request and then died (crashed, killed,
+///   restarted) closes with a FIN; the kernel answers with a reset only when the socket is
+///   closed with unread data in it or no longer exists — the request sat unread, and a
+///   backend cannot act on a JSON body it never read. This is the dead pooled keep-alive
+///   connection to a stopped or restarted backend.
+///
+/// Deliberately not a proof: "connection closed before message completed" (EOF, no reset)
+/// before any response byte. It is the same EOF whether the backend closed an idle
+/// connection just as the request crossed (nothing processed) or read the request and then
+/// died (maybe processed, maybe generated tokens); hyper cannot tell them apart, so that
+/// request fails with a 502 rather than risk running twice (Go's `net/http` makes the same
+/// call for non-replayable requests). hyper-util resends the common variant — the close seen
+/// before the request was taken — itself.
+fn never_processed(error: &(dyn std::error::Error + 'static)) -> Option<Unprocessed> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if current
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return Some(Unprocessed::NotSent);
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        {
+            return Some(Unprocessed::Reset);
+        }
+        cause = current.source();
+    }
+    None
+}
+
 fn upstream_request(
     base: &http::Uri,
     parts: &http::request::Parts,
@@ -700,6 +762,26 @@ mod tests {
         assert!(headers.get(header::CONNECTION).is_none());
         assert!(headers.get(header::TRANSFER_ENCODING).is_none());
         assert_eq!(headers[header::AUTHORIZATION], "Bearer k");
+    }
+
+    #[test]
+    fn only_a_reset_or_an_unsent_request_proves_it_never_ran() {
+        use std::io::{Error, ErrorKind};
+        #[derive(Debug, thiserror::Error)]
+        #[error("connection error")]
+        struct Wrapped(#[source] Error);
+        let cases = [
+            (ErrorKind::ConnectionReset, Some(Unprocessed::Reset)),
+            (ErrorKind::BrokenPipe, Some(Unprocessed::Reset)),
+            (ErrorKind::ConnectionAborted, Some(Unprocessed::Reset)),
+            (ErrorKind::UnexpectedEof, None),
+            (ErrorKind::TimedOut, None),
+            (ErrorKind::Other, None),
+        ];
+        for (kind, expected) in cases {
+            let error = Wrapped(Error::from(kind));
+            assert_eq!(never_processed(&error), expected, "{kind:?}");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use super::{
     admin::{AdminState, serve_admin},
     config::model::RelayConfig,
-    front::{h3_endpoint, serve_h3, serve_https, serve_plain},
+    front::{h3::UdpRelease, h3_endpoint, serve_h3, serve_https, serve_plain},
     metrics::RelayMetrics,
     pool::Pool,
     probe,
@@ -76,6 +76,8 @@ pub struct RelayHandle {
     fronts_drain: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     fronts: JoinSet<()>,
+    /// Frees the HTTP/3 UDP port once the fronts are gone.
+    udp_release: Option<UdpRelease>,
     background: JoinSet<()>,
 }
 
@@ -113,6 +115,7 @@ impl RelayHandle {
         let mut fronts = JoinSet::new();
         let mut h3 = None;
         let mut alt_svc = None;
+        let mut udp_release = None;
         if let Some(socket) = udp {
             let idle = config.timeouts.first_byte.max(config.timeouts.idle) + QUIC_IDLE_MARGIN;
             let quic_config = tls::quic_server_config(certs.clone(), &config.limits, idle)?;
@@ -121,11 +124,13 @@ impl RelayHandle {
                 address: config.listen,
                 source,
             })?;
-            let endpoint = h3_endpoint(socket, quic_config).map_err(|source| StartError::Bind {
-                transport: "UDP",
-                address,
-                source,
-            })?;
+            let (endpoint, release) =
+                h3_endpoint(socket, quic_config).map_err(|source| StartError::Bind {
+                    transport: "UDP",
+                    address,
+                    source,
+                })?;
+            udp_release = Some(release);
             alt_svc = HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", address.port())).ok();
             h3 = Some(address);
             fronts.spawn(serve_h3(
@@ -240,6 +245,7 @@ impl RelayHandle {
             fronts_drain,
             shutdown,
             fronts,
+            udp_release,
             background,
         })
     }
@@ -251,7 +257,9 @@ impl RelayHandle {
     }
 
     /// Drains (no new requests, in-flight ones finish, GOAWAY) and stops. In-flight requests
-    /// get at most `grace`; whatever is still running then is cut.
+    /// get at most `grace`; whatever is still running then is cut. Returns once the listening
+    /// sockets are closed (the UDP one within a bounded wait), so the same address can be
+    /// bound again at once.
     pub async fn drain_and_stop(mut self, grace: Duration) {
         let _ = self.drain.send(true);
         self.proxy.start_draining();
@@ -263,12 +271,22 @@ impl RelayHandle {
                 "drain grace period over; cutting the remaining streams"
             );
             self.fronts.abort_all();
+            // Joined, not just aborted: an aborted front closes its listener and (h3) aborts
+            // its connection tasks only when its task is dropped.
+            while self.fronts.join_next().await.is_some() {}
+        }
+        if let Some(release) = self.udp_release.take() {
+            release.release(UDP_RELEASE_LIMIT).await;
         }
         let _ = self.shutdown.send(true);
         while self.background.join_next().await.is_some() {}
         info!("relay stopped");
     }
 }
+
+/// How long a stop waits for quinn to close the HTTP/3 socket once every connection is closed:
+/// their draining periods (3 PTO, milliseconds on a LAN) and the drivers' last polls.
+const UDP_RELEASE_LIMIT: Duration = Duration::from_secs(5);
 
 /// TCP for HTTPS and, with HTTP/3, UDP on the same port (with port 0, the port TCP got).
 async fn bind_front(

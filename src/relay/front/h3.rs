@@ -7,15 +7,28 @@
 //! FIN. When the client resets the stream (seen on the next write) or the connection goes (seen
 //! at once), the response body is dropped, which cancels everything upstream of it.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{
+    fmt, io,
+    io::IoSliceMut,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::{Buf, Bytes};
 use h3::{error::Code, server::RequestStream};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio_util::task::TaskTracker;
-use tracing::debug;
+use quinn::{
+    AsyncUdpSocket, UdpPoller,
+    udp::{RecvMeta, Transmit},
+};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch},
+    task::JoinSet,
+};
+use tracing::{debug, warn};
 
 use super::drain_started;
 use crate::relay::{
@@ -29,23 +42,149 @@ type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
 /// How long a drained endpoint waits for its closing connections to tell their peers.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// A QUIC endpoint serving `config` on an already bound UDP socket.
+/// A QUIC endpoint serving `config` on an already bound UDP socket, and what tells when the
+/// socket is closed again.
 pub fn h3_endpoint(
     socket: std::net::UdpSocket,
     config: quinn::ServerConfig,
-) -> io::Result<quinn::Endpoint> {
+) -> io::Result<(quinn::Endpoint, UdpRelease)> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| io::Error::other("no async runtime to drive the QUIC endpoint"))?;
-    quinn::Endpoint::new(
+    let (released, on_release) = oneshot::channel();
+    let socket = Arc::new(ReleasedSocket {
+        inner: runtime.wrap_udp_socket(socket)?,
+        _released: Released(Some(released)),
+    });
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(config),
         socket,
         runtime,
-    )
+    )?;
+    let release = UdpRelease {
+        endpoint: endpoint.clone(),
+        on_release,
+    };
+    Ok((endpoint, release))
+}
+
+/// Closes an HTTP/3 endpoint for good and waits until its UDP port is free again.
+///
+/// quinn closes the socket only once every handle on it is gone: the endpoint's, its
+/// driver's, and every connection's (each `quinn::Connection` holds the socket until its last
+/// clone drops, long after the connection itself closed). A restart on the same address
+/// needs all of them gone, so this is what a stop awaits, after the front has returned.
+pub struct UdpRelease {
+    endpoint: quinn::Endpoint,
+    on_release: oneshot::Receiver<()>,
+}
+
+impl UdpRelease {
+    /// Closes what is still open (nothing, after a completed drain), gives the peers
+    /// `CLOSE_GRACE` to hear about it, lets go of the endpoint and waits at most `limit` for
+    /// the socket to close. Returns whether it did.
+    pub async fn release(self, limit: Duration) -> bool {
+        let UdpRelease {
+            endpoint,
+            on_release,
+        } = self;
+        endpoint.close(quinn::VarInt::from_u32(0), b"relay stopping");
+        let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+        drop(endpoint);
+        let released = tokio::time::timeout(limit, on_release).await.is_ok();
+        if !released {
+            warn!(
+                ?limit,
+                "the HTTP/3 UDP socket is still open; a restart on this address may fail"
+            );
+        }
+        released
+    }
+}
+
+/// The endpoint's UDP socket, reporting when quinn drops the last handle on it.
+#[derive(Debug)]
+struct ReleasedSocket {
+    // Field order matters: the socket closes before the release is reported.
+    inner: Arc<dyn AsyncUdpSocket>,
+    _released: Released,
+}
+
+#[derive(Debug)]
+struct Released(Option<oneshot::Sender<()>>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        if let Some(released) = self.0.take() {
+            let _ = released.send(());
+        }
+    }
+}
+
+impl AsyncUdpSocket for ReleasedSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        // The poller holds the inner socket too: it keeps the wrapper, so the release is
+        // reported only when the pollers are gone as well.
+        Box::pin(ReleasedPoller {
+            inner: self.inner.clone().create_io_poller(),
+            _socket: self,
+        })
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+struct ReleasedPoller {
+    // Dropped first: it holds a handle on the inner socket.
+    inner: Pin<Box<dyn UdpPoller>>,
+    _socket: Arc<ReleasedSocket>,
+}
+
+impl fmt::Debug for ReleasedPoller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReleasedPoller").finish_non_exhaustive()
+    }
+}
+
+impl UdpPoller for ReleasedPoller {
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        self.inner.as_mut().poll_writable(cx)
+    }
 }
 
 /// Serves HTTP/3 on `endpoint` until `drain` turns true; then refuses new connections, sends
 /// GOAWAY on the open ones, lets their requests finish, closes them and returns.
+///
+/// Connections and their requests are tasks owned here (and by each connection): when this
+/// future is dropped (a stop cutting the drain short), they are aborted with it, so no
+/// `quinn::Connection` outlives the front and keeps its socket open.
 pub async fn serve_h3(
     endpoint: quinn::Endpoint,
     service: Arc<dyn RelayService>,
@@ -53,11 +192,12 @@ pub async fn serve_h3(
     mut drain: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let connections = TaskTracker::new();
+    let mut connections = JoinSet::new();
     loop {
         let incoming = tokio::select! {
             biased;
             () = drain_started(&mut drain) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { break };
@@ -78,17 +218,14 @@ pub async fn serve_h3(
             drain.clone(),
         ));
     }
-    connections.close();
-    let finished = connections.wait();
-    tokio::pin!(finished);
     loop {
         tokio::select! {
-            () = &mut finished => break,
+            joined = connections.join_next() => if joined.is_none() { break },
             // Refused, not ignored: the client learns at once and goes elsewhere.
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => incoming.refuse(),
                 None => {
-                    finished.await;
+                    while connections.join_next().await.is_some() {}
                     break;
                 }
             },
@@ -136,7 +273,9 @@ async fn serve_connection(
         }
     };
 
-    let requests = TaskTracker::new();
+    // Owned here, so aborting this connection's task aborts its requests (and drops their
+    // connection handles) too.
+    let mut requests = JoinSet::new();
     let mut draining = false;
     loop {
         tokio::select! {
@@ -152,7 +291,6 @@ async fn serve_connection(
             },
             () = drain_started(&mut drain), if !draining => {
                 draining = true;
-                requests.close();
                 // GOAWAY naming the last request taken: later ones are refused, and the
                 // client knows it may retry them elsewhere.
                 if let Err(error) = h3.shutdown(0).await {
@@ -160,12 +298,16 @@ async fn serve_connection(
                     break;
                 }
             },
-            () = requests.wait(), if draining => break,
+            // Reaps finished requests; once draining, ends the loop when none is left.
+            joined = requests.join_next(), if draining || !requests.is_empty() => {
+                if joined.is_none() {
+                    break;
+                }
+            },
         }
     }
     // Dropping `h3` closes the connection, so its requests finish first.
-    requests.close();
-    requests.wait().await;
+    while requests.join_next().await.is_some() {}
     if draining {
         // Let the client read the last bytes and close first: a CONNECTION_CLOSE sent right
         // after the final FIN allows the peer to drop data its application has not read yet.
@@ -303,7 +445,7 @@ mod tests {
         .unwrap();
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
-        let endpoint = h3_endpoint(socket, config).unwrap();
+        let (endpoint, _release) = h3_endpoint(socket, config).unwrap();
         let service = Arc::new(TestService::default());
         let (drain, draining) = watch::channel(false);
         let serving = tokio::spawn(serve_h3(endpoint, service.clone(), limits, draining));
