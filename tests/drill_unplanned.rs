@@ -27,7 +27,6 @@ use meridian::{
     sim_backend::{SimBackend, SimBackendArgs},
 };
 use serde_json::Value;
-use tokio::net::{TcpListener, UdpSocket};
 
 const API_NAME: &str = "api.example.test";
 const MODEL: &str = "drill-model";
@@ -550,37 +549,10 @@ slots = 4
     )
 }
 
-/// A port free for TCP and UDP on every one of `ips` (each relay listens on its own address
-/// with the same port, as the probe and clients expect).
+/// A port free for TCP and UDP on every one of `ips`: the demo's own search, since each
+/// relay listens on its own address with the same port.
 async fn free_port_on(ips: &[Ipv4Addr]) -> u16 {
-    for _attempt in 0..32 {
-        let probe = TcpListener::bind((ips[0], 0))
-            .await
-            .expect("bind 127.0.1.x");
-        let port = probe.local_addr().expect("address").port();
-        let mut held = Vec::new();
-        let mut free = true;
-        for (i, &ip) in ips.iter().enumerate() {
-            let udp = UdpSocket::bind((ip, port)).await;
-            let tcp = if i == 0 {
-                None
-            } else {
-                Some(TcpListener::bind((ip, port)).await)
-            };
-            match (udp, tcp) {
-                (Ok(udp), None) => held.push((udp, None)),
-                (Ok(udp), Some(Ok(tcp))) => held.push((udp, Some(tcp))),
-                _ => {
-                    free = false;
-                    break;
-                }
-            }
-        }
-        drop(held);
-        drop(probe);
-        if free {
-            return port;
-        }
-    }
-    panic!("no port is free on every relay address");
+    meridian::demo::free_port_on_all(ips.iter().map(|&ip| IpAddr::V4(ip)))
+        .await
+        .expect("a port free on every relay address")
 }

@@ -445,7 +445,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 /// with the same port, so clients need only the DNS answer). Bound and released here, so a
 /// race with another program is possible but harmless: the relay then fails to start with a
 /// clear error, and a rerun picks another port.
-async fn free_port_on_all(addresses: impl Iterator<Item = IpAddr> + Clone) -> anyhow::Result<u16> {
+pub async fn free_port_on_all(
+    addresses: impl Iterator<Item = IpAddr> + Clone,
+) -> anyhow::Result<u16> {
     for _attempt in 0..32 {
         let first = addresses.clone().next().context("no relay addresses")?;
         let probe = TcpListener::bind((first, 0))
