@@ -90,16 +90,12 @@ async fn answer(dns: SocketAddr, subnet: &str) -> Vec<IpAddr> {
 }
 
 /// Polls `check` until it holds, for at most [`DEADLINE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually_true(what, DEADLINE, check).await
 }
 
 /// A streamed chat completion to `https://api.example.test:PORT` at `address`, trusting only

@@ -153,19 +153,12 @@ fn sender_config(d: &Deployment, identity: &PemPair, node: SocketAddr) -> Health
 }
 
 /// Polls `check` until it returns `Some`, for at most [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually_some(what, WAIT, check).await
 }
 
 fn health_of(store: &SnapshotStore, region: &str) -> Health {

@@ -222,19 +222,12 @@ async fn served_generation(
 }
 
 /// Polls (bounded) until `check` holds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not within 15 s: {what}");
+    common::eventually_true(what, Duration::from_secs(15), check).await
 }
 
 #[tokio::test]

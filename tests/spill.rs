@@ -587,17 +587,10 @@ async fn free_port_on(ips: &[Ipv4Addr]) -> u16 {
 }
 
 /// Polls `check` until it returns `Some`, for at most [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(started.elapsed() < WAIT, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(POLL).await;
-    }
+    common::eventually_some(what, WAIT, check).await
 }

@@ -315,3 +315,33 @@ pub fn require_tool(tool: &str) -> bool {
     }
     found
 }
+
+/// Polls `check` until it returns `Some`, for at most `limit` (never a bare sleep to wait for
+/// a state: a bounded loop that names what it waited for when it gives up).
+pub async fn eventually_some<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`eventually_some`] for a condition.
+pub async fn eventually_true<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_some(what, limit, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+}
