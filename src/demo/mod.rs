@@ -88,7 +88,8 @@ pub struct DemoArgs {
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
     /// Keep the generated configuration, certificates and state in this folder (created if
-    /// missing) instead of a temporary one removed on exit.
+    /// missing) instead of a temporary one removed on exit. It must not hold an earlier
+    /// demo's files: certificates, keys and the admin token are never overwritten.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// The port every relay listens on (TCP for HTTPS, UDP for HTTP/3); 0 = a free one.
