@@ -339,7 +339,11 @@ fn run_relay(config_path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
         let grace = config.timeouts.total;
         let mut relay = match RelayHandle::start(config).await {
             Ok(relay) => relay,
-            Err(error @ (StartError::Tls(_) | StartError::HealthChannel(_))) => {
+            Err(
+                error @ (StartError::Tls(_)
+                | StartError::HealthChannel(_)
+                | StartError::AdminToken(_)),
+            ) => {
                 eprintln!("meridian: {error}");
                 return ExitCode::from(EXIT_INVALID);
             }
@@ -430,6 +434,15 @@ fn check_relay(config_path: &Path) -> ExitCode {
         eprintln!("{}: 1 problem(s) found", config_path.display());
         return ExitCode::from(EXIT_INVALID);
     }
+    if let Err(error) = crate::relay::admin::load_token(&config) {
+        eprintln!("{}: relay.admin_token_file: {error}", config_path.display());
+        eprintln!("{}: 1 problem(s) found", config_path.display());
+        return ExitCode::from(EXIT_INVALID);
+    }
+    let keys = std::iter::once(&config.tls.key).chain(config.health_channel.iter().map(|c| &c.key));
+    for exposed in keys.filter_map(|key| crate::health::pki::key_file_exposure(key)) {
+        eprintln!("{}: warning: {exposed}", config_path.display());
+    }
     println!(
         "{}: ok — relay for region {}, {} backend(s), TLS certificate loaded",
         config_path.display(),
@@ -469,6 +482,18 @@ fn check_dns(config_path: &Path) -> ExitCode {
         && let Err(error) = OperatorState::load(path)
     {
         problems.push(error.to_string());
+    }
+    if let Some(admin) = &config.admin
+        && let Err(error) = crate::admin::AdminToken::from_file(&admin.token_file)
+    {
+        problems.push(format!("admin.token_file: {error}"));
+    }
+    if let Some(exposed) = config
+        .health
+        .as_ref()
+        .and_then(|health| crate::health::pki::key_file_exposure(&health.key))
+    {
+        eprintln!("{}: warning: {exposed}", config_path.display());
     }
     let mut notes = Vec::new();
     if let Some(anycast) = &config.anycast {

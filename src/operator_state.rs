@@ -88,6 +88,10 @@ pub struct OperatorState {
     pub max_ttl: Option<u32>,
 }
 
+/// Mode of a saved state file (the umask cannot widen or narrow it).
+#[cfg(unix)]
+const STATE_FILE_MODE: u32 = 0o640;
+
 /// The file as stored: the version is checked, then dropped from the model.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,7 +223,9 @@ impl OperatorState {
     }
 
     /// Writes the state atomically: a temporary file next to `path`, fsync, rename, then a
-    /// best-effort fsync of the folder so the rename itself survives a crash.
+    /// best-effort fsync of the folder so the rename itself survives a crash. The file is
+    /// 0640 whatever the umask: the service and its group (operators running `meridian
+    /// check`) read it; nobody else may read or change what the node serves.
     pub fn save(&self, path: &Path) -> Result<(), OperatorStateError> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -232,7 +238,24 @@ impl OperatorState {
         let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
 
         let write = || -> Result<(), OperatorStateError> {
-            let mut f = fs::File::create(&tmp).map_err(|e| io_error(&tmp, IoOp::Write, &e))?;
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                options.mode(STATE_FILE_MODE);
+            }
+            let mut f = options
+                .open(&tmp)
+                .map_err(|e| io_error(&tmp, IoOp::Write, &e))?;
+            // Again after `open`: the umask narrowed the mode, and a temporary left by a
+            // crashed earlier run kept its own.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                f.set_permissions(fs::Permissions::from_mode(STATE_FILE_MODE))
+                    .map_err(|e| io_error(&tmp, IoOp::Write, &e))?;
+            }
             f.write_all(self.to_json().as_bytes())
                 .map_err(|e| io_error(&tmp, IoOp::Write, &e))?;
             f.sync_all().map_err(|e| io_error(&tmp, IoOp::Sync, &e))?;
@@ -378,7 +401,16 @@ mod tests {
         // Overwrite in place.
         state.regions.clear();
         state.save(&path).unwrap();
-        assert_eq!(OperatorState::load(&path), Ok(state));
+        assert_eq!(OperatorState::load(&path), Ok(state.clone()));
+        // 0640 whatever the mode of the file it replaced.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+            state.save(&path).unwrap();
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o640);
+        }
         // No temporary left behind.
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()

@@ -459,6 +459,13 @@ async fn status_page_and_metrics_show_regions_decisions_and_both_tiers_series() 
         head.to_lowercase().contains("content-type: text/html"),
         "{head}"
     );
+    for header in [
+        "content-security-policy: default-src 'none'; style-src 'unsafe-inline'",
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+    ] {
+        assert!(head.to_lowercase().contains(header), "{header}: {head}");
+    }
     for region in ["us-east", "eu-west", "ap-south"] {
         assert!(page.contains(region), "{region} missing from the page");
     }
@@ -473,6 +480,25 @@ async fn status_page_and_metrics_show_regions_decisions_and_both_tiers_series() 
         "{page}"
     );
     assert!(!page.contains(TOKEN));
+    // Nor in any other read, nor in what a refused call is told.
+    for path in ["/v1/status", "/v1/decisions", "/metrics"] {
+        let (_, head, body) = raw(node.admin, "GET", path, &[], "").await;
+        assert!(!head.contains(TOKEN) && !body.contains(TOKEN), "{path}");
+    }
+    let almost = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
+    let (status, head, body) = raw(
+        node.admin,
+        "POST",
+        "/v1/regions/eu-west/drain",
+        &[("Authorization", &almost)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        !head.contains(&TOKEN[..8]) && !body.contains(&TOKEN[..8]),
+        "{head}{body}"
+    );
 
     let decisions = node.anonymous().decisions().await.unwrap();
     assert_eq!(decisions.len(), 2);
@@ -485,9 +511,9 @@ async fn status_page_and_metrics_show_regions_decisions_and_both_tiers_series() 
     for series in [
         "meridian_dns_responses_total{",
         "meridian_dns_gslb_answers_total{name=\"api.example.test.\",region=\"eu-west\"",
-        "meridian_admin_requests_total{route=\"GET /v1/status\",status=\"200\"} 1",
-        "meridian_admin_requests_total{route=\"POST /v1/regions/{id}/drain\",status=\"401\"} 1",
-        "meridian_admin_auth_failures_total 1",
+        "meridian_admin_requests_total{route=\"GET /v1/status\",status=\"200\"} 2",
+        "meridian_admin_requests_total{route=\"POST /v1/regions/{id}/drain\",status=\"401\"} 2",
+        "meridian_admin_auth_failures_total 2",
         "meridian_admin_connections_refused_total 0",
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
@@ -697,4 +723,197 @@ async fn concurrent_changes_are_all_kept() {
     let served = node.dns.store.load_full();
     assert_eq!(served.operator, saved);
     node.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The relay's admin listener: the same token rules, on a real relay.
+// ---------------------------------------------------------------------------------------------
+
+mod relay_support;
+
+const RELAY_TOKEN: &str = "7c1e0b9d4a2f6e8c3b5d7f9a1c3e5b7d";
+
+/// A private token file in `dir`.
+fn relay_token_file(dir: &std::path::Path, mode: u32) -> PathBuf {
+    let path = dir.join("relay-admin.token");
+    std::fs::write(&path, format!("{RELAY_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_admin_calls_that_change_the_relay_need_the_token() {
+    let scratch = tempfile::tempdir().unwrap();
+    let token_file = relay_token_file(scratch.path(), 0o600);
+    let port = relay_support::closed_port();
+    let mut relay = relay_support::TestRelay::start_with(
+        &[relay_support::backend(
+            "a",
+            format!("http://127.0.0.1:{port}"),
+            &["m"],
+            4,
+        )],
+        &format!("admin_token_file = {:?}", token_file.to_str().unwrap()),
+        "",
+    )
+    .await;
+    let admin = relay.admin;
+    let bearer = format!("Bearer {RELAY_TOKEN}");
+    let wrong = format!("Bearer {RELAY_TOKEN}0");
+
+    // Every mutating call, without a token, with a wrong one, or another scheme: 401 with the
+    // challenge and no reason, and nothing changes.
+    let mutating = [
+        ("POST", "/admin/drain", ""),
+        ("POST", "/admin/backends/a/drain", ""),
+        ("POST", "/admin/backends/nope/undrain", ""),
+        ("POST", "/admin/reload", ""),
+        ("POST", "/admin/reports", r#"{"paused": true}"#),
+        ("DELETE", "/metrics", ""),
+        ("PUT", "/no/such/route", ""),
+    ];
+    let presented: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("Authorization", &wrong)],
+        &[("Authorization", "Basic Zm9vOmJhcg==")],
+        &[("Authorization", RELAY_TOKEN)],
+    ];
+    for (method, path, body) in mutating {
+        for headers in presented {
+            let (status, head, text) = raw(admin, method, path, headers, body).await;
+            assert_eq!(status, 401, "{method} {path} {headers:?}: {text}");
+            assert!(
+                head.to_lowercase()
+                    .contains("www-authenticate: bearer realm=\"meridian-relay-admin\""),
+                "{head}"
+            );
+            assert_eq!(text, r#"{"error":"unauthorized"}"#);
+            assert!(!head.contains(RELAY_TOKEN) && !text.contains(RELAY_TOKEN));
+        }
+    }
+    assert!(
+        !*relay.handle().drain_requested.borrow(),
+        "refused drain drained"
+    );
+    assert_eq!(relay.backend_view("a").await["drained"], false);
+
+    // Reads stay open, like a Prometheus target.
+    for path in [
+        "/metrics",
+        "/region/health",
+        "/admin/backends",
+        "/admin/reports",
+    ] {
+        let (status, _, text) = raw(admin, "GET", path, &[], "").await;
+        assert_eq!(status, 200, "GET {path}: {text}");
+        assert!(!text.contains(RELAY_TOKEN), "GET {path}");
+    }
+
+    // With the token (the scheme is case-insensitive) the same calls go through.
+    let (status, _, text) = raw(
+        admin,
+        "POST",
+        "/admin/backends/a/drain",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(relay.backend_view("a").await["drained"], true);
+    let lower = format!("bearer {RELAY_TOKEN}");
+    let (status, _, text) = raw(
+        admin,
+        "POST",
+        "/admin/backends/a/undrain",
+        &[("Authorization", &lower)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let (status, _, text) = raw(
+        admin,
+        "POST",
+        "/admin/drain",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    assert!(*relay.handle().drain_requested.borrow());
+    relay
+        .take_handle()
+        .drain_and_stop(Duration::from_secs(5))
+        .await;
+}
+
+/// A relay config in `dir` beside a fresh self-signed certificate, with `relay_keys` added to
+/// `[relay]`.
+fn relay_config_file(dir: &std::path::Path, relay_keys: &str) -> PathBuf {
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["certs", "self-signed", "--out"])
+        .arg(dir.join("certs"))
+        .args(["--name", "localhost"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let text = format!(
+        "[relay]\nregion = \"eu-west\"\nlisten = \"127.0.0.1:0\"\n{relay_keys}\n\n\
+         [relay.tls]\ncert = \"certs/relay.pem\"\nkey = \"certs/relay-key.pem\"\n\n\
+         [[backend]]\nid = \"a\"\nurl = \"http://127.0.0.1:9\"\nkind = \"vllm\"\n\
+         models = [\"m\"]\nslots = 1\n"
+    );
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn meridian(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_exposed_relay_admin_listener_or_token_file_is_refused_with_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // Off loopback without a token file: `check` and `relay` refuse, naming the field.
+    let config = relay_config_file(dir.path(), "admin_listen = \"0.0.0.0:0\"");
+    for command in ["check", "relay"] {
+        let (code, stderr) = meridian(&[command], &config);
+        assert_eq!(code, Some(64), "{command}: {stderr}");
+        assert!(
+            stderr.contains("relay.admin_listen: 0.0.0.0:0 is not a loopback address")
+                && stderr.contains("relay.admin_token_file"),
+            "{command}: {stderr}"
+        );
+    }
+
+    // A token file others can read: refused the same way, without showing the token.
+    let token = relay_token_file(dir.path(), 0o644);
+    let config = relay_config_file(
+        dir.path(),
+        "admin_listen = \"0.0.0.0:0\"\nadmin_token_file = \"relay-admin.token\"",
+    );
+    for command in ["check", "relay"] {
+        let (code, stderr) = meridian(&[command], &config);
+        assert_eq!(code, Some(64), "{command}: {stderr}");
+        assert!(
+            stderr.contains("relay.admin_token_file") && stderr.contains("chmod 600"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains(RELAY_TOKEN), "{stderr}");
+    }
+
+    // Private again: check passes.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, stderr) = meridian(&["check"], &config);
+    assert_eq!(code, Some(0), "{stderr}");
 }

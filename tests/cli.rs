@@ -48,7 +48,24 @@ fn check_accepts_every_shipped_config() {
             relay_configs += 1;
             let copy = tempfile::tempdir().unwrap().keep();
             let config = copy.join(path.file_name().unwrap());
-            std::fs::copy(path, &config).unwrap();
+            // An admin token the operator installs: a private stand-in beside the copy.
+            let token = copy.join("relay-admin.token");
+            std::fs::write(&token, "shipped-config-token\n").unwrap();
+            std::fs::set_permissions(
+                &token,
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+            )
+            .unwrap();
+            let text: String = text
+                .lines()
+                .map(|line| match line.split_once('=') {
+                    Some((key, _)) if key.trim() == "admin_token_file" => {
+                        format!("admin_token_file = {:?}\n", token.to_str().unwrap())
+                    }
+                    _ => format!("{line}\n"),
+                })
+                .collect();
+            std::fs::write(&config, text).unwrap();
             let certs = copy.join("certs");
             let made = meridian(&[
                 "certs",

@@ -469,6 +469,32 @@ fn relay_manifest_config_passes_check_with_the_mounted_certificate() {
     let tls = config["relay"]["tls"].as_table_mut().unwrap();
     tls["cert"] = certs.join("relay.pem").to_str().unwrap().into();
     tls["key"] = certs.join("relay-key.pem").to_str().unwrap().into();
+
+    // The admin token: copied 0400 by the init container from its Secret into the volume the
+    // relay reads it from (the kubelet's fsGroup makes Secret files group-readable, which the
+    // relay refuses).
+    let token = str_at(&config, &["relay", "admin_token_file"]).to_string();
+    let init = deployment
+        .split("initContainers:")
+        .nth(1)
+        .and_then(|rest| rest.split("\n      containers:").next())
+        .expect("an init container");
+    assert!(
+        init.contains(&format!(
+            "\"-m\", \"0400\", \"/etc/meridian/admin-token/token\", \"{token}\""
+        )),
+        "the init container installs the token 0400 at {token}:\n{init}"
+    );
+    assert!(mounted(deployment, &token), "{token}");
+    assert!(deployment.contains("secretName: meridian-relay-admin-token"));
+    let local_token = scratch.path().join("relay-admin.token");
+    std::fs::write(&local_token, "k8s-admin-token\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&local_token, std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    config["relay"].as_table_mut().unwrap()["admin_token_file"] =
+        local_token.to_str().unwrap().into();
     let local_config = scratch.path().join("relay.toml");
     std::fs::write(&local_config, toml::to_string(&config).unwrap()).unwrap();
     check(&local_config);
@@ -568,7 +594,7 @@ fn assert_locked_down(deployment: &str, port: u16) {
 
 /// Directives the units may use: a misspelt one is only a warning to systemd, and the
 /// sandboxing it was meant to add silently missing.
-const KNOWN_DIRECTIVES: [&str; 44] = [
+const KNOWN_DIRECTIVES: [&str; 47] = [
     "Description",
     "Documentation",
     "After",
@@ -613,6 +639,9 @@ const KNOWN_DIRECTIVES: [&str; 44] = [
     "WantedBy",
     "User",
     "Group",
+    "UMask",
+    "PrivateMounts",
+    "LoadCredential",
 ];
 
 fn directives(unit: &str) -> Vec<(String, String)> {
@@ -653,6 +682,20 @@ fn systemd_units_are_sandboxed_and_check_before_start() {
             ("RestrictNamespaces", "yes"),
             ("MemoryDenyWriteExecute", "yes"),
             ("SystemCallFilter", "@system-service"),
+            ("SystemCallFilter", "~@privileged @resources"),
+            ("SystemCallArchitectures", "native"),
+            ("ProtectKernelTunables", "yes"),
+            ("ProtectKernelModules", "yes"),
+            ("ProtectKernelLogs", "yes"),
+            ("ProtectControlGroups", "yes"),
+            ("ProtectClock", "yes"),
+            ("ProtectHostname", "yes"),
+            ("ProtectProc", "invisible"),
+            ("PrivateMounts", "yes"),
+            ("LockPersonality", "yes"),
+            ("RestrictRealtime", "yes"),
+            ("RestrictSUIDSGID", "yes"),
+            ("UMask", "0027"),
             ("LimitNOFILE", "65536"),
             ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ] {
@@ -667,6 +710,24 @@ fn systemd_units_are_sandboxed_and_check_before_start() {
             families.contains("AF_INET ") && families.contains("AF_INET6"),
             "{families}"
         );
+        // Nothing beyond IP, local sockets (journal, BIRD's control socket) and netlink
+        // (getaddrinfo); no raw packets, no AF_PACKET.
+        for family in families.split_whitespace() {
+            assert!(
+                ["AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"].contains(&family),
+                "{unit}: RestrictAddressFamilies allows {family}"
+            );
+        }
+        // One capability, nothing that writes outside the unit's own directories, never root.
+        for (key, value) in &directives {
+            assert!(
+                !(key == "User" && value == "root") && key != "ReadWritePaths",
+                "{unit}: {key}={value}"
+            );
+            if key == "AmbientCapabilities" || key == "CapabilityBoundingSet" {
+                assert_eq!(value, "CAP_NET_BIND_SERVICE", "{unit}: {key}");
+            }
+        }
 
         // `meridian check` runs on the very file the service then serves.
         let config_of = |key: &str| {

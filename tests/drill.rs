@@ -625,3 +625,116 @@ async fn unplanned_pause_without_detection_does_not_converge_and_resumes_reports
     assert!(report.restoration.complete);
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The drill's calls to a relay whose admin listener has a token.
+// ---------------------------------------------------------------------------------------------
+
+mod relay_support;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_presents_the_relay_admin_token() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use meridian::{
+        admin::{AdminToken, client::AdminClient},
+        drill::{AdminControl, http::HttpCaller},
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("relay-admin.token");
+    std::fs::write(&token_file, "drill-relay-token-42\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = relay_support::closed_port();
+    let mut relay = relay_support::TestRelay::start_with(
+        &[relay_support::backend(
+            "a",
+            format!("http://127.0.0.1:{port}"),
+            &["m"],
+            1,
+        )],
+        &format!("admin_token_file = {:?}", token_file.to_str().unwrap()),
+        "",
+    )
+    .await;
+    let relay_admin = format!("http://{}", relay.admin);
+    // The DNS side is not called here.
+    let dns_admin = || AdminClient::new("http://127.0.0.1:9", None).unwrap();
+    let token = AdminToken::from_file(&token_file).unwrap();
+    let timeout = Duration::from_secs(5);
+
+    // Without the token the relay refuses the pause; with it the call is authorised and gets
+    // the relay's own answer (this relay has no health channel to pause: 409).
+    let anonymous = AdminControl::new(dns_admin(), HttpCaller::new(timeout));
+    let refused = anonymous
+        .pause_reports(&relay_admin, true)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("HTTP 401"), "{refused}");
+    let with_token = AdminControl::new(
+        dns_admin(),
+        HttpCaller::new(timeout).with_token(Some(token.clone())),
+    );
+    let answered = with_token
+        .pause_reports(&relay_admin, true)
+        .await
+        .unwrap_err();
+    assert!(answered.to_string().contains("HTTP 409"), "{answered}");
+    assert!(!answered.to_string().contains("drill-relay-token-42"));
+
+    // Scrapes carry it too, and still read the metrics.
+    let metrics = HttpCaller::new(timeout)
+        .with_token(Some(token))
+        .get_text(&format!("{relay_admin}/metrics"))
+        .await
+        .unwrap();
+    assert!(metrics.contains("meridian_relay_"), "{metrics}");
+    relay
+        .take_handle()
+        .drain_and_stop(Duration::from_secs(5))
+        .await;
+}
+
+/// `--relay-token-file` follows the token rules: a file others can read stops the drill
+/// before it changes anything, with exit status 64.
+#[test]
+fn a_relay_token_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let admin_token = dir.path().join("admin.token");
+    std::fs::write(&admin_token, "dns-token\n").unwrap();
+    std::fs::set_permissions(&admin_token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let relay_token = dir.path().join("relay.token");
+    std::fs::write(&relay_token, "relay-token-secret\n").unwrap();
+    std::fs::set_permissions(&relay_token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["drill", "--admin", "http://127.0.0.1:9", "--token-file"])
+        .arg(&admin_token)
+        .arg("--relay-token-file")
+        .arg(&relay_token)
+        .args([
+            "--dns",
+            "127.0.0.1:9",
+            "--name",
+            "api.example.test",
+            "--region",
+            "eu-west",
+            "--prefix",
+            "81.2.69.0/24",
+            "--unplanned",
+            "pause-reports=http://127.0.0.1:9",
+            "--out",
+        ])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--relay-token-file") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("relay-token-secret"), "{stderr}");
+    assert!(!dir.path().join("out").exists());
+}

@@ -47,7 +47,7 @@ use meridian::{
     snapshot::{Snapshot, SnapshotStore},
     steering::Health,
 };
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{ServerName, pem::PemObject as _};
 use tokio::{sync::watch, task::JoinHandle};
 
 const EU_CLIENT: &str = "81.2.69.0/24";
@@ -198,6 +198,7 @@ async fn answers_follow_the_reports_of_the_certified_region() {
         ledger.clone(),
         counters.clone(),
         limits,
+        |region: &str| ["eu-west", "us-east", "ap-south"].contains(&region),
         on_report,
         shutdown_rx.clone(),
     ));
@@ -903,4 +904,200 @@ fn shipped_relay_configs_document_a_working_health_channel() {
         assert_eq!(sender.nodes.len(), channel.nodes.len());
         assert_eq!(sender.interval, channel.interval);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates the channel refuses, through the real plane and the real sender.
+// ---------------------------------------------------------------------------------------------
+
+/// The plane's count of refused connections for `reason`, from its Prometheus series.
+fn refused(plane: &HealthPlane, reason: &str) -> f64 {
+    let mut text = String::new();
+    plane.metrics().encode_into(&mut text);
+    sample(
+        &text,
+        &format!("meridian_health_connections_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// Runs the real sender with `config` until the plane has refused one more connection for
+/// `reason`, then stops it.
+async fn refused_once(plane: &HealthPlane, reason: &str, config: HealthSenderConfig) {
+    let before = refused(plane, reason);
+    let (stop, stop_rx) = watch::channel(false);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let sender = tokio::spawn(run_sender(
+        config,
+        controlled_reports("eu-west", script),
+        stop_rx,
+    ));
+    eventually(&format!("a connection refused for {reason}"), || async {
+        (refused(plane, reason) > before).then_some(())
+    })
+    .await;
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(WAIT, sender).await;
+}
+
+/// A relay identity for `region` issued by the deployment's CA, valid over `validity`.
+fn issued(d: &Deployment, region: &str, validity: meridian::health::pki::Validity) -> PemPair {
+    let ca = meridian::health::pki::Ca::from_pem(&PemPair {
+        cert_pem: d.ca_pem.clone(),
+        key_pem: std::fs::read_to_string(d.path("ca-key.pem")).expect("CA key"),
+    })
+    .expect("CA");
+    meridian::health::pki::issue_relay_cert(&ca, region, &["127.0.0.1"], validity).expect("issue")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_the_channel_must_refuse_are_refused_counted_and_the_node_keeps_serving() {
+    use meridian::health::pki::Validity;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+    let d = deployment();
+    let other = deployment(); // another deployment: another CA
+    let scratch = Scratch::new();
+    let store = dns_store(
+        &scratch,
+        RelayProbe {
+            address: "127.0.0.1:9".parse().expect("addr"),
+            server_name: "127.0.0.1".into(),
+            ca: None,
+        },
+    );
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let plane = runtime::start_on(
+        socket,
+        &health_channel(&d, "127.0.0.1:0".parse().expect("addr")),
+        store.clone(),
+        shutdown_rx,
+    )
+    .await
+    .expect("plane starts");
+    let node = plane.local_addr;
+    let now = SystemTime::now();
+
+    // The DNS node refuses relays: another deployment's certificate, an expired one, one not
+    // valid yet, and one for a region this node does not serve.
+    let cases: [(&str, PemPair); 4] = [
+        ("handshake_failed", other.eu_west.clone()),
+        (
+            "handshake_failed",
+            issued(
+                &d,
+                "eu-west",
+                Validity {
+                    not_before: now - 3 * DAY,
+                    not_after: now - DAY,
+                },
+            ),
+        ),
+        (
+            "handshake_failed",
+            issued(
+                &d,
+                "eu-west",
+                Validity {
+                    not_before: now + DAY,
+                    not_after: now + 3 * DAY,
+                },
+            ),
+        ),
+        ("unknown_region", issued(&d, "mars-1", Validity::leaf(now))),
+    ];
+    for (reason, identity) in cases {
+        refused_once(&plane, reason, sender_config(&d, &identity, node)).await;
+    }
+
+    // A client presenting no certificate at all.
+    let before = refused(&plane, "handshake_failed");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(d.ca_pem.as_bytes()).expect("CA pem"))
+        .expect("root");
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![meridian::health::pki::HEALTH_ALPN.to_vec()];
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC config"),
+    )));
+    if let Ok(connecting) = endpoint.connect(node, "127.0.0.1") {
+        // TLS 1.3: the client may think it is connected until the server's alert arrives.
+        if let Ok(Ok(connection)) = tokio::time::timeout(WAIT, connecting).await {
+            let closed = tokio::time::timeout(WAIT, connection.closed()).await;
+            assert!(
+                closed.is_ok(),
+                "a relay without a certificate stays connected"
+            );
+        }
+    }
+    eventually("the certificate-less client is refused", || async {
+        (refused(&plane, "handshake_failed") > before).then_some(())
+    })
+    .await;
+
+    // The relay refuses nodes: one certified by another CA, and a name its certificate does
+    // not carry. The node sees the relay abort the handshake; no report arrives.
+    let mut foreign_trust = sender_config(&d, &d.eu_west, node);
+    foreign_trust.ca_pem = other.ca_pem.clone();
+    refused_once(&plane, "handshake_failed", foreign_trust).await;
+    let mut wrong_name = sender_config(&d, &d.eu_west, node);
+    wrong_name.nodes[0].server_name = "dns.elsewhere.example".into();
+    refused_once(&plane, "handshake_failed", wrong_name).await;
+
+    assert_eq!(
+        plane.ledger.lock().expect("ledger").counters().accepted,
+        0,
+        "a refused peer delivered a report"
+    );
+    assert_eq!(
+        plane
+            .counters
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // A report body claiming another region than its certificate's is rejected as such.
+    let (stop, stop_rx) = watch::channel(false);
+    let lying = tokio::spawn(run_sender(
+        sender_config(&d, &d.eu_west, node),
+        controlled_reports("us-east", Arc::new(Mutex::new(Script::default()))),
+        stop_rx,
+    ));
+    eventually("the mismatched report is rejected", || async {
+        let counters = plane.ledger.lock().expect("ledger").counters();
+        (counters.region_mismatch > 0).then_some(())
+    })
+    .await;
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(WAIT, lying).await;
+
+    // Through all of that the node kept serving: a well-certified relay is accepted at once.
+    let (stop, stop_rx) = watch::channel(false);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let good = tokio::spawn(run_sender(
+        sender_config(&d, &d.eu_west, node),
+        controlled_reports("eu-west", script),
+        stop_rx,
+    ));
+    eventually("the good relay's report is accepted", || async {
+        let ledger = plane.ledger.lock().expect("ledger");
+        ledger.fresh("eu-west", Instant::now()).map(drop)
+    })
+    .await;
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(WAIT, good).await;
+    let _ = shutdown.send(true);
+    tokio::time::timeout(WAIT, plane.stopped())
+        .await
+        .expect("plane stops");
 }

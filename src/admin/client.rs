@@ -280,6 +280,14 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let client = AdminClient::new("http://h:1", Some("hunter2-token".into())).unwrap();
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("Sensitive"), "{shown}");
+    }
+
     #[tokio::test]
     async fn a_closed_port_is_a_connect_error() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

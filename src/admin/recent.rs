@@ -18,7 +18,10 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    dns::handler::{AnswerSource, Summary},
+    dns::{
+        handler::{AnswerSource, Summary},
+        wire::parse_query,
+    },
     snapshot::Snapshot,
 };
 
@@ -159,6 +162,18 @@ impl RecentDecisions {
     }
 }
 
+/// The network a query was decided for: its ECS source network when it carries a valid one,
+/// else the sender's address (the resolver's, for a resolver without ECS). Decodes the packet
+/// again, so the query path calls it only for the decisions it samples into the ring.
+pub fn decided_for(packet: &[u8], peer: IpAddr) -> IpNet {
+    let subnet = parse_query(packet)
+        .ok()
+        .and_then(|query| query.edns?.client_subnet);
+    subnet
+        .and_then(|s| IpNet::new(s.address, s.source_prefix).ok())
+        .unwrap_or_else(|| IpNet::from(peer))
+}
+
 fn truncate(client: IpNet) -> IpNet {
     let max = match client.addr() {
         IpAddr::V4(_) => MAX_V4_PREFIX,
@@ -220,6 +235,42 @@ mod tests {
                 kept,
                 "{given}"
             );
+        }
+    }
+
+    #[test]
+    fn decisions_are_shown_for_the_ecs_network_not_the_resolver() {
+        use hickory_proto::{
+            op::{Edns, Message, Query},
+            rr::{
+                Name, RecordType,
+                rdata::opt::{ClientSubnet, EdnsOption},
+            },
+        };
+        let resolver: IpAddr = "192.0.2.53".parse().unwrap();
+        let query = |subnet: Option<&str>| {
+            let mut message = Message::query();
+            message.add_query(Query::query(
+                Name::from_ascii("api.example.test.").unwrap(),
+                RecordType::A,
+            ));
+            if let Some(subnet) = subnet {
+                let mut edns = Edns::new();
+                let net: IpNet = subnet.parse().unwrap();
+                edns.options_mut()
+                    .insert(EdnsOption::Subnet(ClientSubnet::from(net)));
+                message.set_edns(edns);
+            }
+            message.to_vec().unwrap()
+        };
+        let cases = [
+            (query(Some("81.2.69.0/24")), "81.2.69.0/24"),
+            (query(Some("2001:db8:aa00::/40")), "2001:db8:aa00::/40"),
+            (query(None), "192.0.2.53/32"),
+            (b"garbage".to_vec(), "192.0.2.53/32"),
+        ];
+        for (packet, shown) in cases {
+            assert_eq!(decided_for(&packet, resolver).to_string(), shown);
         }
     }
 

@@ -93,6 +93,19 @@ impl AdminToken {
         hmac::verify(&self.key, presented, self.tag.as_ref()).is_ok()
     }
 
+    /// Whether `headers` carry `Authorization: Bearer <this token>`: the one check behind both
+    /// admin APIs (the DNS node's and the relay's).
+    pub fn authorizes(&self, headers: &http::HeaderMap) -> bool {
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return false;
+        };
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let Some((scheme, credentials)) = value.as_bytes().split_at_checked(7) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"Bearer ") && self.matches(credentials.trim_ascii())
+    }
+
     /// The token itself, for a client that must send it. Never log it.
     pub fn reveal(&self) -> &str {
         &self.secret
@@ -145,6 +158,29 @@ mod tests {
             AdminToken::parse("caf\u{e9}", p()).unwrap_err(),
             AdminError::TokenNotPrintable { path: p().into() }
         );
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_authorizes() {
+        let token = AdminToken::parse("tok3n", p()).unwrap();
+        let cases: &[(Option<&str>, bool)] = &[
+            (Some("Bearer tok3n"), true),
+            (Some("bearer tok3n"), true),
+            (Some("Bearer  tok3n "), true),
+            (Some("Bearer tok3"), false),
+            (Some("Bearer tok3nn"), false),
+            (Some("Basic tok3n"), false),
+            (Some("tok3n"), false),
+            (Some("Bearer"), false),
+            (None, false),
+        ];
+        for (value, ok) in cases {
+            let mut headers = http::HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+            }
+            assert_eq!(token.authorizes(&headers), *ok, "{value:?}");
+        }
     }
 
     #[test]

@@ -228,6 +228,14 @@ pub enum Problem {
         other: String,
     },
     #[error(
+        "{address} is not a loopback address, so the admin listener needs `{token_key}`: \
+         without a token anyone who reaches it can drain the relay"
+    )]
+    AdminExposedWithoutToken {
+        address: std::net::SocketAddr,
+        token_key: String,
+    },
+    #[error(
         "at least one [[backend]] is required: a relay with no backends can only refuse requests"
     )]
     NoBackends,

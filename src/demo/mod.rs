@@ -615,6 +615,8 @@ fn relay_config_text(
 region = "{id}"
 listen = "{ip}:{port}"
 admin_listen = "127.0.0.1:0"
+# The DNS node's token: drain, reload and report pausing need it here too.
+admin_token_file = "admin.token"
 http3 = true
 scrape_interval_ms = 500
 
@@ -722,7 +724,7 @@ fn instructions(ready: &DemoReady, kept: bool) -> String {
         "  # a planned drill with its measured convergence (report in ./drill-report)\n  \
          meridian drill --admin {admin} --token-file {token} --dns {dns} --name {API_NAME} \\\n    \
          --region eu-west --prefix 81.2.69.0/24 --prefix 81.2.80.0/24 --prefix 41.0.0.0/24{eu} \\\n    \
-         --ttl-ramp 2 --out drill-report\n"
+         --relay-token-file {token} --ttl-ramp 2 --out drill-report\n"
     );
     if !kept {
         let _ = writeln!(

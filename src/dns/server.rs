@@ -391,7 +391,8 @@ impl UdpWorker {
                 .is_none_or(|at| started.duration_since(at) >= RECENT_SAMPLE_INTERVAL)
         {
             self.last_recent_sample = Some(started);
-            recent.record_answer(ipnet::IpNet::from(peer.ip()), &summary, snapshot);
+            let client = crate::admin::recent::decided_for(packet, peer.ip());
+            recent.record_answer(client, &summary, snapshot);
         }
         // Response-rate limiting, on UDP only: a TCP client has proved its address.
         let verdict = match (&self.observers.rrl, &snapshot.config.rrl) {

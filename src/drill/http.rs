@@ -1,22 +1,30 @@
 //! The two plain-HTTP calls a drill makes outside the DNS admin client: scraping a relay's
 //! `/metrics` and pausing or resuming its health reports. Loopback/plain HTTP only, like the
-//! relay's admin listener; every call is bounded by a timeout.
+//! relay's admin listener; every call is bounded by a timeout. With a relay admin token every
+//! call carries it as `Authorization: Bearer` (the relay only demands it for the pause, but a
+//! scrape through an authenticating proxy then works too); errors never contain it.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Uri, header};
+use http::{HeaderValue, Method, Request, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
 
+use crate::admin::AdminToken;
+
 /// Why an HTTP call failed, with the URL it was for.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum HttpError {
     #[error("{url}: not a valid http:// URL")]
     BadUrl { url: String },
+    /// Cannot happen for a token [`AdminToken`] accepted (printable ASCII); kept as an error
+    /// rather than a panic.
+    #[error("the relay admin token cannot be sent in an HTTP header")]
+    BadToken,
     #[error("{url}: {message}")]
     Transport { url: String, message: String },
     #[error("{url}: no response within {timeout:?}")]
@@ -34,6 +42,7 @@ pub enum HttpError {
 pub struct HttpCaller {
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    token: Option<AdminToken>,
 }
 
 impl HttpCaller {
@@ -41,7 +50,14 @@ impl HttpCaller {
         HttpCaller {
             client: Client::builder(TokioExecutor::new()).build_http(),
             timeout,
+            token: None,
         }
+    }
+
+    /// Sends `token` (when `Some`) as `Authorization: Bearer` on every call.
+    pub fn with_token(mut self, token: Option<AdminToken>) -> HttpCaller {
+        self.token = token;
+        self
     }
 
     /// `GET url`, the body as text on a 2xx.
@@ -72,6 +88,12 @@ impl HttpCaller {
         let mut request = Request::builder().method(method).uri(uri);
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(token) = &self.token {
+            let mut value = HeaderValue::try_from(format!("Bearer {}", token.reveal()))
+                .map_err(|_| HttpError::BadToken)?;
+            value.set_sensitive(true);
+            request = request.header(header::AUTHORIZATION, value);
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

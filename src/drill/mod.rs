@@ -78,6 +78,10 @@ pub struct DrillArgs {
     /// Cap answers' TTL at SECONDS first and wait out the previous TTL before draining.
     #[arg(long)]
     pub ttl_ramp: Option<u32>,
+    /// Bearer-token file of the relays' admin listeners (their `relay.admin_token_file`):
+    /// sent with `--unplanned pause-reports` and `--relay-metrics` calls.
+    #[arg(long)]
+    pub relay_token_file: Option<PathBuf>,
     /// Unplanned drill: `pause-reports=RELAY_ADMIN_URL` stops that relay's health reports.
     #[arg(long, conflicts_with = "kill_pid")]
     pub unplanned: Option<Unplanned>,
@@ -290,6 +294,16 @@ pub fn run(args: DrillArgs) -> ExitCode {
             return ExitCode::from(crate::cli::EXIT_INVALID);
         }
     };
+    let mut plan = plan;
+    if let Some(path) = &args.relay_token_file {
+        match crate::admin::AdminToken::from_file(path) {
+            Ok(token) => plan.relay_token = Some(token),
+            Err(error) => {
+                eprintln!("meridian drill: --relay-token-file: {error}");
+                return ExitCode::from(crate::cli::EXIT_INVALID);
+            }
+        }
+    }
     let admin = match crate::admin::client::AdminClient::new(&args.admin, Some(token)) {
         Ok(admin) => admin,
         Err(error) => {
@@ -307,12 +321,14 @@ pub fn run(args: DrillArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut plan = plan;
     if let Err(message) = runtime.block_on(learn_endpoints(&mut plan, &admin)) {
         eprintln!("meridian drill: {message}");
         return ExitCode::FAILURE;
     }
-    let control = AdminControl::new(admin, http::HttpCaller::new(plan.call_timeout));
+    let control = AdminControl::new(
+        admin,
+        http::HttpCaller::new(plan.call_timeout).with_token(plan.relay_token.clone()),
+    );
     let report = runtime.block_on(async {
         let cancel = CancellationToken::new();
         let on_interrupt = cancel.clone();
@@ -378,6 +394,17 @@ mod tests {
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.kind().to_string())?;
         plan_from_args(&cli.drill).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_plan_never_shows_the_relay_token() {
+        let mut plan = parse(&[]).unwrap();
+        plan.relay_token = Some(
+            crate::admin::AdminToken::parse("hunter2-relay", std::path::Path::new("t")).unwrap(),
+        );
+        let shown = format!("{plan:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

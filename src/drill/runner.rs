@@ -19,6 +19,8 @@ use hickory_proto::rr::{Name, RecordType};
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::AdminToken;
+
 use super::{
     control::{ControlError, DrillControl},
     http::HttpCaller,
@@ -70,6 +72,9 @@ pub struct DrillPlan {
     pub call_timeout: Duration,
     /// The admin URL, for the report only.
     pub admin_url: String,
+    /// Bearer token for the relays' admin listeners (`--relay-token-file`), sent on the
+    /// pause/resume calls and the `/metrics` scrapes; `None` for relays without one.
+    pub relay_token: Option<AdminToken>,
 }
 
 impl DrillPlan {
@@ -100,6 +105,7 @@ impl DrillPlan {
             traffic_quiet: Duration::from_secs(2),
             call_timeout: Duration::from_secs(10),
             admin_url: String::new(),
+            relay_token: None,
         }
     }
 
@@ -192,7 +198,7 @@ impl<'p> Session<'p> {
             converged: None,
             recovered: None,
             sampler: None,
-            http: HttpCaller::new(plan.call_timeout),
+            http: HttpCaller::new(plan.call_timeout).with_token(plan.relay_token.clone()),
         }
     }
 

@@ -35,6 +35,8 @@ use super::{
 
 /// Application close code for a connection whose certificate names no region.
 const CLOSE_NO_REGION: VarInt = VarInt::from_u32(1);
+/// Application close code for a certificate of a region this node does not serve.
+const CLOSE_UNKNOWN_REGION: VarInt = VarInt::from_u32(2);
 const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +79,8 @@ pub struct ListenerCounters {
     pub refused_over_limit: AtomicU64,
     pub handshake_failed: AtomicU64,
     pub no_region: AtomicU64,
+    /// Certified for a region that is not in the node's configuration.
+    pub unknown_region: AtomicU64,
     pub streams_too_long: AtomicU64,
     pub streams_timed_out: AtomicU64,
     pub malformed_frames: AtomicU64,
@@ -121,18 +125,21 @@ pub fn listener_endpoint(
 }
 
 /// Serves relay connections on `endpoint` until `shutdown` turns true (or its sender goes).
-/// `on_report` is called with the certified region after each report the ledger accepted,
-/// without the ledger locked.
+/// `is_configured` says whether a certified region is one the node serves (others are closed
+/// before any report is read); `on_report` is called with the certified region after each
+/// report the ledger accepted, without the ledger locked.
 pub async fn run_listener<F>(
     endpoint: quinn::Endpoint,
     ledger: Arc<Mutex<ReportLedger>>,
     counters: Arc<ListenerCounters>,
     limits: ListenerLimits,
+    is_configured: impl Fn(&str) -> bool + Send + Sync + 'static,
     on_report: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(&str) + Send + Sync + 'static,
 {
+    let is_configured: Arc<dyn Fn(&str) -> bool + Send + Sync> = Arc::new(is_configured);
     let on_report = Arc::new(on_report);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = JoinSet::new();
@@ -152,6 +159,7 @@ pub async fn run_listener<F>(
             ledger: Arc::clone(&ledger),
             counters: Arc::clone(&counters),
             limits,
+            is_configured: Arc::clone(&is_configured),
             on_report: Arc::clone(&on_report),
         };
         let shutdown = shutdown.clone();
@@ -168,6 +176,7 @@ struct Connection<F> {
     ledger: Arc<Mutex<ReportLedger>>,
     counters: Arc<ListenerCounters>,
     limits: ListenerLimits,
+    is_configured: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     on_report: Arc<F>,
 }
 
@@ -185,7 +194,9 @@ where
             Ok(connection) => connection,
             Err(error) => {
                 bump(&self.counters.handshake_failed);
-                debug!(%remote, %error, "health connection failed its handshake");
+                // Unknown CA, expired or not yet valid, no client certificate, wrong usage:
+                // rustls' reason is in `error`. Once per connection attempt.
+                warn!(%remote, %error, "health connection refused: TLS handshake failed");
                 return;
             }
         };
@@ -198,6 +209,12 @@ where
                 return;
             }
         };
+        if !(self.is_configured)(&region) {
+            bump(&self.counters.unknown_region);
+            warn!(%remote, %region, "health connection refused: region not configured on this node");
+            connection.close(CLOSE_UNKNOWN_REGION, b"region not configured on this node");
+            return;
+        }
         bump(&self.counters.connections);
         let session = lock(&self.ledger).open_session(&region);
         info!(%remote, %region, session = session.id(), "relay connected to the health channel");

@@ -603,9 +603,97 @@ fn verifier_error(error: rustls::server::VerifierBuilderError) -> PkiError {
     }
 }
 
+/// A private-key file that every local user may read or write.
+///
+/// The policy (docs/security.md, "Files on disk"): bearer tokens and TSIG secrets must be
+/// private to their owner and are refused otherwise ([`crate::admin::AdminToken::from_file`]);
+/// TLS private keys may be group-readable, because a dedicated group is how the deployments
+/// hand them out (`SupplementaryGroups=meridian-tls` with a 0640 key in deploy/systemd, the
+/// kubelet's 0440 + `fsGroup` for Secret volumes), and a key others can read is warned about
+/// at start and by `meridian check` rather than refused: a certificate renewal that lands
+/// with a loose mode must not take a region's front down.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{} is readable or writable by every local user (mode {mode:04o}); restrict it: \
+     chmod 600 (or chmod 640 and a group only the service is in)",
+    path.display()
+)]
+pub struct KeyFileExposed {
+    pub path: PathBuf,
+    pub mode: u32,
+}
+
+/// `Some` when the private key at `path` is readable or writable by others (symbolic links
+/// followed, as the kubelet's Secret volumes are links). A file that cannot be inspected is
+/// not reported here: reading it reports that.
+#[cfg(unix)]
+pub fn key_file_exposure(path: &Path) -> Option<KeyFileExposed> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o006 != 0).then(|| KeyFileExposed {
+        path: path.to_path_buf(),
+        mode,
+    })
+}
+
+#[cfg(not(unix))]
+pub fn key_file_exposure(_path: &Path) -> Option<KeyFileExposed> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_others_can_read_or_write_are_reported_group_readable_ones_are_not() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("relay-key.pem");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        for (mode, exposed) in [
+            (0o600, false),
+            (0o400, false),
+            (0o640, false),
+            (0o440, false),
+            (0o644, true),
+            (0o604, true),
+            (0o602, true),
+            (0o666, true),
+        ] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let found = key_file_exposure(&key);
+            assert_eq!(found.is_some(), exposed, "mode {mode:o}: {found:?}");
+            if let Some(found) = found {
+                assert_eq!(found.mode, mode);
+                let message = found.to_string();
+                assert!(message.contains("chmod 600"), "{message}");
+                assert!(!message.contains("BEGIN"), "{message}");
+            }
+        }
+        // Followed through a link, as in a Kubernetes Secret volume.
+        let link = dir.path().join("tls.key");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        assert_eq!(key_file_exposure(&link).map(|e| e.mode), Some(0o666));
+        assert_eq!(key_file_exposure(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn private_keys_never_show_in_debug_output() {
+        let (ca_pair, ca) = new_ca();
+        let relay =
+            issue_relay_cert(&ca, "eu-west", &["127.0.0.1"], Validity::leaf(now())).unwrap();
+        for (what, shown, key) in [
+            ("CA pair", format!("{ca_pair:?}"), &ca_pair.key_pem),
+            ("CA", format!("{ca:?}"), &ca_pair.key_pem),
+            ("relay pair", format!("{relay:?}"), &relay.key_pem),
+        ] {
+            let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+            assert!(!shown.contains("PRIVATE KEY"), "{what}: {shown}");
+            assert!(!shown.contains(&body[..32]), "{what}: {shown}");
+        }
+    }
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600) // 2026-01-01

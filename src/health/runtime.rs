@@ -44,7 +44,7 @@ use super::{
     feed::SteeringFeed,
     ledger::ReportLedger,
     listener::{ListenerCounters, ListenerError, ListenerLimits, listener_endpoint, run_listener},
-    pki::PemPair,
+    pki::{self, PemPair},
     probe::{ProbeOutcome, ProbeTarget, ProbeTracker, probe_relay, roots_from_pem},
     view::{HealthView, ProbeVerdict},
 };
@@ -108,6 +108,9 @@ pub async fn start_on(
     store: Arc<SnapshotStore>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<HealthPlane, HealthPlaneError> {
+    if let Some(exposed) = pki::key_file_exposure(&config.key) {
+        warn!(%exposed, "health channel private key file is exposed to every local user");
+    }
     let ca_pem = read("ca", &config.ca).await?;
     let identity = PemPair {
         cert_pem: read("cert", &config.cert).await?,
@@ -151,6 +154,11 @@ pub async fn start_on(
         Arc::clone(&ledger),
         Arc::clone(&counters),
         limits,
+        {
+            // The configuration of the moment: a region added by a reload is accepted at once.
+            let store = Arc::clone(&store);
+            move |region: &str| store.load().config.region_by_id(region).is_some()
+        },
         {
             let observer = observer.clone();
             move |_region: &str| observer.refresh(Instant::now())
@@ -472,6 +480,7 @@ impl PlaneMetrics {
             ("over_limit", load(&c.refused_over_limit)),
             ("handshake_failed", load(&c.handshake_failed)),
             ("no_region", load(&c.no_region)),
+            ("unknown_region", load(&c.unknown_region)),
         ] {
             refused.get_or_create(&Reason { reason }).inc_by(value);
         }

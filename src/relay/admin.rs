@@ -2,8 +2,13 @@
 //! relay, drain or undrain one backend, reload the configuration file, pause or resume the
 //! health-channel reports).
 //!
-//! Plain HTTP/1.1 on `admin_listen` (loopback by default). It has no authentication yet: bind
-//! it only where operators alone can reach it. Mutating calls are `POST`s.
+//! Plain HTTP/1.1 on `admin_listen` (loopback by default). Reads (`GET`: metrics, the region
+//! report, backends, report state) are open, like a Prometheus target, and carry no secret.
+//! Every other call changes the relay; with `admin_token_file` set it needs
+//! `Authorization: Bearer <token>`, checked by the DNS tier's [`AdminToken`] (same file rules,
+//! same constant-time comparison), and is refused with 401 before it is even routed, so a
+//! caller without the token learns nothing about which calls exist. Without a token file the
+//! listener must be on loopback (the config validator refuses anything else).
 
 use std::{
     convert::Infallible,
@@ -19,8 +24,11 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::watch};
-use tracing::{debug, info};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
+use tracing::{debug, info, warn};
 
 use super::{
     config::model::RelayConfig,
@@ -30,7 +38,10 @@ use super::{
     report,
     stats::RequestStats,
 };
-use crate::config::ConfigError;
+use crate::{
+    admin::{AdminError, AdminToken},
+    config::ConfigError,
+};
 
 /// What the admin handlers act on.
 pub struct AdminState {
@@ -46,16 +57,33 @@ pub struct AdminState {
     /// `POST /admin/reports {"paused": true}`: the health-channel sender sends nothing while
     /// set (an unplanned drill: the DNS tier sees the region go silent).
     pub reports_paused: Arc<AtomicBool>,
+    /// `Some`: mutating calls need this bearer token ([`load_token`]).
+    pub token: Option<AdminToken>,
+}
+
+/// The token `relay.admin_token_file` names, read once (at start and by `meridian check`);
+/// `None` when the file is not configured. The file must not be readable by group or others.
+pub fn load_token(config: &RelayConfig) -> Result<Option<AdminToken>, AdminError> {
+    config
+        .admin_token_file
+        .as_deref()
+        .map(AdminToken::from_file)
+        .transpose()
 }
 
 /// Largest body of an admin call (they are all tiny JSON objects).
 const MAX_ADMIN_BODY: usize = 4096;
+
+/// Admin connections served at once; more are closed at accept, so a stuck or hostile local
+/// client cannot exhaust the relay's tasks and file descriptors through this port.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 
 pub async fn serve_admin(
     listener: TcpListener,
     state: Arc<AdminState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -64,11 +92,16 @@ pub async fn serve_admin(
             },
             _ = shutdown.changed() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, limit = MAX_ADMIN_CONNECTIONS, "admin connection limit reached; closing");
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                async move { Ok::<_, Infallible>(authorize_then_handle(&state, request, peer).await) }
             });
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -80,6 +113,37 @@ pub async fn serve_admin(
             }
         });
     }
+}
+
+/// Reads pass; anything else needs the token when one is configured.
+async fn authorize_then_handle(
+    state: &AdminState,
+    request: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if let Some(token) = &state.token
+        && !reads
+        && !token.authorizes(request.headers())
+    {
+        // The path is the caller's text: logged as a debug-formatted string, never the header.
+        warn!(%peer, method = %request.method(), path = ?request.uri().path(), "relay admin call refused: missing or wrong token");
+        return unauthorized();
+    }
+    handle(state, request).await
+}
+
+/// 401 with the challenge and nothing about why (absent, malformed or wrong token alike).
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({ "error": "unauthorized" }),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"meridian-relay-admin\""),
+    );
+    response
 }
 
 async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -139,6 +139,7 @@ pub fn needs_restart(running: &RelayConfig, new: &RelayConfig) -> Vec<&'static s
         listen,
         plain_listen,
         admin_listen,
+        admin_token_file,
         tls,
         http3,
         timeouts,
@@ -154,6 +155,11 @@ pub fn needs_restart(running: &RelayConfig, new: &RelayConfig) -> Vec<&'static s
         ("relay.listen", running.listen == *listen),
         ("relay.plain_listen", running.plain_listen == *plain_listen),
         ("relay.admin_listen", running.admin_listen == *admin_listen),
+        // The token is read once at start, like the TLS identity of the health channel.
+        (
+            "relay.admin_token_file",
+            running.admin_token_file == *admin_token_file,
+        ),
         ("relay.http3", running.http3 == *http3),
         (
             "relay.scrape_interval_ms",

@@ -66,6 +66,12 @@ pub struct ModelReport {
 /// shedding threshold: the DNS tier should start moving new clients before the relay sheds.
 const DEGRADED_AT_SHARE_OF_SHEDDING: f64 = 0.8;
 
+/// Client prefixes a report carries RTT for: the busiest ones. The stats table tracks more,
+/// but a report must fit one health-channel frame (64 KiB) or it is not sent at all, and the
+/// region goes silent on the DNS tier; an entry is at most about 100 bytes of JSON, so this
+/// leaves over 10 KiB for the rest of the report.
+pub const MAX_REPORTED_PREFIXES: usize = 512;
+
 pub fn build(
     config: &RelayConfig,
     pool: &Pool,
@@ -125,7 +131,12 @@ pub fn build(
         headroom_fraction: round3(load.headroom_fraction),
         models,
         rates: stats.rates(now),
-        client_rtt: stats.client_rtt(now),
+        client_rtt: {
+            // Busiest first, so the cut keeps the prefixes most clients are in.
+            let mut rtt = stats.client_rtt(now);
+            rtt.truncate(MAX_REPORTED_PREFIXES);
+            rtt
+        },
     }
 }
 

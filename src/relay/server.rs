@@ -49,6 +49,9 @@ pub enum StartError {
     /// `[relay.health_channel]` names unusable files, or a certificate of another region.
     #[error(transparent)]
     HealthChannel(#[from] ChannelSetupError),
+    /// `relay.admin_token_file` is unreadable, empty or readable by others.
+    #[error("relay.admin_token_file: {0}")]
+    AdminToken(#[from] crate::admin::AdminError),
     #[error("cannot bind {transport} {address}: {source}")]
     Bind {
         transport: &'static str,
@@ -87,6 +90,12 @@ impl RelayHandle {
         let config = Arc::new(config);
         let certs = Arc::new(CertStore::load(config.tls.clone())?);
         let health_sender = HealthSenderConfig::from_relay(&config)?;
+        let admin_token = super::admin::load_token(&config)?;
+        let keys =
+            std::iter::once(&config.tls.key).chain(config.health_channel.iter().map(|c| &c.key));
+        for exposed in keys.filter_map(|key| crate::health::pki::key_file_exposure(key)) {
+            warn!(%exposed, "private key file is exposed to every local user");
+        }
         let tcp_config = tls::tcp_server_config(certs.clone())?;
 
         let (https_listener, udp) = bind_front(config.listen, config.http3).await?;
@@ -228,6 +237,7 @@ impl RelayHandle {
             report_sequence: Default::default(),
             reconfigure: reconfigure.clone(),
             reports_paused,
+            token: admin_token,
         });
         background.spawn(serve_admin(admin_listener, admin_state, shutdown_rx));
 

@@ -29,6 +29,9 @@ pub struct RelayConfig {
     pub plain_listen: Option<SocketAddr>,
     /// Admin listener: `/metrics`, `/region/health`, drain. Plain HTTP; keep it private.
     pub admin_listen: SocketAddr,
+    /// Bearer-token file that mutating admin calls must present; always set when
+    /// `admin_listen` is not a loopback address. Read at start (`crate::relay::admin::load_token`).
+    pub admin_token_file: Option<PathBuf>,
     pub tls: TlsFiles,
     /// Whether HTTP/3 is served (and advertised with `Alt-Svc`).
     pub http3: bool,

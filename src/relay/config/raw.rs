@@ -46,6 +46,10 @@ pub struct RawRelay {
     pub plain_listen: Option<String>,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
+    /// File holding the admin listener's bearer token; `None`: mutating admin calls are open
+    /// (allowed only on a loopback `admin_listen`).
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     #[serde(default = "default_http3")]
     pub http3: bool,
     #[serde(default = "default_scrape_interval_ms")]
@@ -56,8 +60,8 @@ pub struct RawRelay {
     pub health_channel: Option<RawHealthChannel>,
 }
 
-// Loopback: the admin listener serves drain and metrics without authentication, so exposing it
-// must be a deliberate choice. 9190 sits next to the DNS tier's 9153 in Prometheus' port range.
+// Loopback: without `admin_token_file` the admin listener drains and reloads without
+// authentication, so exposing it must be a deliberate choice (and then needs a token). 9190 sits next to the DNS tier's 9153 in Prometheus' port range.
 pub fn default_admin_listen() -> String {
     "127.0.0.1:9190".to_owned()
 }

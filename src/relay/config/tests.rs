@@ -213,6 +213,10 @@ fn documented_example_is_valid() {
         config.tls.cert,
         PathBuf::from("/etc/meridian/tls/relay.pem")
     );
+    assert_eq!(
+        config.admin_token_file.as_deref(),
+        Some(Path::new("/etc/meridian/relay-admin.token"))
+    );
     let ids: Vec<&str> = config.backends.iter().map(|b| &*b.id).collect();
     assert_eq!(ids, ["vllm-a", "sglang-b", "gateway"]);
     let gateway = &config.backends[2];
@@ -291,6 +295,7 @@ fn bad_documents_are_located() {
         "listen",
         "plain_listen",
         "admin_listen",
+        "admin_token_file",
         "http3",
         "scrape_interval_ms",
         "tls",
@@ -485,7 +490,10 @@ fn bad_documents_are_located() {
             ),
         ),
         (
-            edit("http3", "admin_listen = \"0.0.0.0:8443\"\nhttp3"),
+            edit(
+                "http3",
+                "admin_listen = \"0.0.0.0:8443\"\nadmin_token_file = \"t\"\nhttp3",
+            ),
             error(
                 "relay.admin_listen",
                 Problem::ListenerClash {
@@ -1003,6 +1011,64 @@ base_ejection_ms = 600000
 }
 
 #[test]
+fn an_admin_listener_off_loopback_needs_a_token_file() {
+    // Loopback (either family) needs no token; the default is loopback.
+    for listen in ["127.0.0.1:9190", "[::1]:9190", "127.0.0.2:9190"] {
+        let config = parse(&edit(
+            "http3",
+            &format!("admin_listen = \"{listen}\"\nhttp3"),
+        ))
+        .unwrap();
+        assert_eq!(config.admin_token_file, None, "{listen}");
+    }
+    assert_eq!(parse(BASE).unwrap().admin_token_file, None);
+
+    for listen in ["0.0.0.0:9190", "[::]:9190", "10.0.0.7:9190"] {
+        let text = edit("http3", &format!("admin_listen = \"{listen}\"\nhttp3"));
+        assert_eq!(
+            field_errors(&text),
+            [error(
+                "relay.admin_listen",
+                Problem::AdminExposedWithoutToken {
+                    address: addr(listen),
+                    token_key: "relay.admin_token_file".into(),
+                },
+            )],
+            "{listen}"
+        );
+        let with_token = edit(
+            "http3",
+            &format!(
+                "admin_listen = \"{listen}\"\nadmin_token_file = \"relay-admin.token\"\nhttp3"
+            ),
+        );
+        let config = parse(&with_token).unwrap();
+        // Relative to the config file's folder, like every other path.
+        assert_eq!(
+            config.admin_token_file,
+            Some(PathBuf::from("/etc/meridian/relay-admin.token"))
+        );
+    }
+
+    // An unparsable address is reported once, as such, not also as exposed.
+    let text = edit("http3", "admin_listen = \"nowhere\"\nhttp3");
+    assert_eq!(
+        field_errors(&text),
+        [error(
+            "relay.admin_listen",
+            Problem::InvalidAddress {
+                value: "nowhere".into(),
+                expected: AddressKind::SocketAddr,
+            },
+        )]
+    );
+    assert_eq!(
+        field_errors(&edit("http3", "admin_token_file = \"\"\nhttp3")),
+        [error("relay.admin_token_file", Problem::EmptyPath)]
+    );
+}
+
+#[test]
 fn messages_read_as_documented() {
     let text = edit("id = \"b\"", "id = \"a\"")
         .replace("http://127.0.0.1:8002", "http://127.0.0.1:8002?x=1")
@@ -1040,6 +1106,14 @@ deploy/relay/relay.toml: timeouts.first_byte_ms: 900000 exceeds `timeouts.total_
                 other: "relay.listen".into(),
             },
             "127.0.0.1:9190 is also used by `relay.listen`",
+        ),
+        (
+            Problem::AdminExposedWithoutToken {
+                address: addr("0.0.0.0:9190"),
+                token_key: "relay.admin_token_file".into(),
+            },
+            "0.0.0.0:9190 is not a loopback address, so the admin listener needs \
+             `relay.admin_token_file`: without a token anyone who reaches it can drain the relay",
         ),
         (
             Problem::UnknownModelSource {

@@ -5,7 +5,7 @@
 //! a file in one round. No IO: the TLS files' paths are resolved against the config file's
 //! folder but never opened (`meridian check` loads them).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use crate::config::{AddressKind, FieldError, Findings, Problem, RawDocument, UrlProblem};
 
@@ -50,6 +50,7 @@ impl TryFrom<RawDocument<'_, RawRelayConfig>> for RelayConfig {
             );
         }
         let (listen, plain_listen, admin_listen) = v.listeners(relay);
+        let admin_token_file = v.admin_token_file(relay, admin_listen);
         let tls = TlsFiles {
             cert: v.path("relay.tls.cert", &relay.tls.cert),
             key: v.path("relay.tls.key", &relay.tls.key),
@@ -80,6 +81,7 @@ impl TryFrom<RawDocument<'_, RawRelayConfig>> for RelayConfig {
             listen,
             plain_listen,
             admin_listen,
+            admin_token_file,
             tls,
             http3: relay.http3,
             backends,
@@ -235,6 +237,27 @@ impl Validator {
             plain,
             admin.unwrap_or(placeholder),
         )
+    }
+
+    /// The admin token file, required when the admin listener is reachable from other hosts:
+    /// an unauthenticated drain must only ever be a local affair.
+    fn admin_token_file(&mut self, relay: &RawRelay, admin_listen: SocketAddr) -> Option<PathBuf> {
+        let token_file = relay
+            .admin_token_file
+            .as_ref()
+            .map(|path| self.path("relay.admin_token_file", path));
+        // The placeholder of an unparsable address is 0.0.0.0:0: that error is reported already.
+        let parsed = relay.admin_listen.parse::<SocketAddr>().is_ok();
+        if parsed && token_file.is_none() && !admin_listen.ip().is_loopback() {
+            self.report(
+                "relay.admin_listen",
+                Problem::AdminExposedWithoutToken {
+                    address: admin_listen,
+                    token_key: "relay.admin_token_file".to_owned(),
+                },
+            );
+        }
+        token_file
     }
 
     fn backends(&mut self, raw: &[RawBackend]) -> Vec<Backend> {

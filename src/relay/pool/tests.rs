@@ -33,6 +33,7 @@ pub(crate) fn config(backends: Vec<Backend>) -> RelayConfig {
         listen: local,
         plain_listen: None,
         admin_listen: local,
+        admin_token_file: None,
         tls: TlsFiles {
             cert: PathBuf::from("cert.pem"),
             key: PathBuf::from("key.pem"),
