@@ -459,6 +459,11 @@ enum BackendFault {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_under_faults_loses_nothing() {
+    // `RUST_LOG=warn` shows what the components log while things break.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let length = soak_length();
     let rss_before_demo = rss_kib();
     let mut demo = Demo::start(None, 0, 0).await.expect("demo starts");

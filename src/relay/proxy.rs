@@ -250,7 +250,13 @@ impl Proxy {
                 break;
             }
             let seed = next_seed(&self.seeds);
-            let Some(backend) = self.pool.pick(&model, &tried, seed, now) else {
+            // A retry follows an attempt the backend did not act on; with no available backend
+            // left, an ejected one may still take it rather than the client getting a 502.
+            let Some(backend) = self.pool.pick(&model, &tried, seed, now).or_else(|| {
+                (attempt > 0)
+                    .then(|| self.pool.pick_held_out(&model, &tried, seed, now))
+                    .flatten()
+            }) else {
                 break;
             };
             if attempt > 0
@@ -656,6 +662,12 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// Reads the whole request body (it is needed for `model`, and kept to resend on a retry),
 /// refusing it as soon as it passes `limit` and when the client is too slow to send it.
 async fn read_body(mut body: Body, limit: usize, timeout: Duration) -> Result<Bytes, RelayError> {
+    // A declared length over the limit is refused before reading (or waiting for) any of it.
+    if usize::try_from(http_body::Body::size_hint(&body).lower())
+        .map_or(true, |declared| declared > limit)
+    {
+        return Err(RelayError::BodyTooLarge { limit });
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut collected = bytes::BytesMut::new();
     loop {

@@ -285,17 +285,18 @@ impl RelayHandle {
             // its connection tasks only when its task is dropped.
             while self.fronts.join_next().await.is_some() {}
         }
+        // The fronts are gone: the health reports stop now, not after the UDP port is free.
+        let _ = self.shutdown.send(true);
         if let Some(release) = self.udp_release.take() {
             release.release(UDP_RELEASE_LIMIT).await;
         }
-        let _ = self.shutdown.send(true);
         while self.background.join_next().await.is_some() {}
         info!("relay stopped");
     }
 }
 
-/// How long a stop waits for quinn to close the HTTP/3 socket once every connection is closed:
-/// their draining periods (3 PTO, milliseconds on a LAN) and the drivers' last polls.
+/// How long a stop waits for the HTTP/3 socket to close once its QUIC driver tasks were ended
+/// (see [`UdpRelease`]): the aborted tasks' last drops, normally a few milliseconds.
 const UDP_RELEASE_LIMIT: Duration = Duration::from_secs(5);
 
 /// TCP for HTTPS and, with HTTP/3, UDP on the same port (with port 0, the port TCP got).

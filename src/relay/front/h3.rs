@@ -8,10 +8,12 @@
 //! at once), the response body is dropped, which cancels everything upstream of it.
 
 use std::{
-    fmt, io,
+    fmt,
+    future::Future,
+    io,
     io::IoSliceMut,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -26,7 +28,7 @@ use quinn::{
 };
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch},
-    task::JoinSet,
+    task::{AbortHandle, JoinSet},
 };
 use tracing::{debug, warn};
 
@@ -42,55 +44,77 @@ type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
 /// How long a drained endpoint waits for its closing connections to tell their peers.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// A QUIC endpoint serving `config` on an already bound UDP socket, and what tells when the
-/// socket is closed again.
+/// A QUIC endpoint serving `config` on an already bound UDP socket, and what frees the socket
+/// again when the relay stops.
 pub fn h3_endpoint(
     socket: std::net::UdpSocket,
     config: quinn::ServerConfig,
 ) -> io::Result<(quinn::Endpoint, UdpRelease)> {
-    let runtime = quinn::default_runtime()
+    let tokio = quinn::default_runtime()
         .ok_or_else(|| io::Error::other("no async runtime to drive the QUIC endpoint"))?;
+    let runtime = Arc::new(FrontRuntime {
+        inner: tokio,
+        drivers: Mutex::new(Vec::new()),
+    });
     let (released, on_release) = oneshot::channel();
     let socket = Arc::new(ReleasedSocket {
-        inner: runtime.wrap_udp_socket(socket)?,
+        inner: quinn::Runtime::wrap_udp_socket(&*runtime, socket)?,
         _released: Released(Some(released)),
     });
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(config),
         socket,
-        runtime,
+        runtime.clone(),
     )?;
     let release = UdpRelease {
         endpoint: endpoint.clone(),
+        runtime,
         on_release,
     };
     Ok((endpoint, release))
 }
 
-/// Closes an HTTP/3 endpoint for good and waits until its UDP port is free again.
+/// Closes an HTTP/3 endpoint for good and frees its UDP port.
 ///
-/// quinn closes the socket only once every handle on it is gone: the endpoint's, its
-/// driver's, and every connection's (each `quinn::Connection` holds the socket until its last
-/// clone drops, long after the connection itself closed). A restart on the same address
-/// needs all of them gone, so this is what a stop awaits, after the front has returned.
+/// quinn closes the socket only once every handle on it is gone: the endpoint's, its driver
+/// task's, and every connection's (each connection's driver task holds the socket until the
+/// connection is drained). Normally a closed connection drains within three PTOs. But
+/// quinn-proto 0.11.19 leaves one kind of connection without a close timer: one created from a
+/// client Initial that carries only a CONNECTION_CLOSE (a client that gave up on a handshake
+/// whose first Initial was lost, as the DNS node's probe does against a relay that is
+/// restarting). It is draining from its first packet, so `close` does nothing to it, and it
+/// lingers until the idle timeout (a minute with the default timeouts), holding the port. A
+/// stop therefore does not wait for quinn: it closes what is open, gives the peers
+/// [`CLOSE_GRACE`] to hear about it, then ends the driver tasks itself.
 pub struct UdpRelease {
     endpoint: quinn::Endpoint,
+    runtime: Arc<FrontRuntime>,
     on_release: oneshot::Receiver<()>,
 }
 
 impl UdpRelease {
     /// Closes what is still open (nothing, after a completed drain), gives the peers
-    /// `CLOSE_GRACE` to hear about it, lets go of the endpoint and waits at most `limit` for
-    /// the socket to close. Returns whether it did.
+    /// `CLOSE_GRACE` to hear about it, ends the endpoint's driver tasks and waits at most
+    /// `limit` for the socket to close. Returns whether it did.
     pub async fn release(self, limit: Duration) -> bool {
         let UdpRelease {
             endpoint,
+            runtime,
             on_release,
         } = self;
         endpoint.close(quinn::VarInt::from_u32(0), b"relay stopping");
-        let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+        if tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            debug!(
+                open = endpoint.open_connections(),
+                "QUIC connections still draining; ending them"
+            );
+        }
         drop(endpoint);
+        runtime.end_drivers();
         let released = tokio::time::timeout(limit, on_release).await.is_ok();
         if !released {
             warn!(
@@ -99,6 +123,52 @@ impl UdpRelease {
             );
         }
         released
+    }
+}
+
+/// quinn's tokio runtime, keeping a handle on every task quinn spawns for one endpoint (its
+/// driver and one driver per connection), so that a stop can end them.
+#[derive(Debug)]
+struct FrontRuntime {
+    inner: Arc<dyn quinn::Runtime>,
+    drivers: Mutex<Vec<AbortHandle>>,
+}
+
+impl FrontRuntime {
+    fn end_drivers(&self) {
+        let drivers = std::mem::take(&mut *self.lock_drivers());
+        for driver in drivers {
+            driver.abort();
+        }
+    }
+
+    fn lock_drivers(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        // A panic while holding the lock leaves a plain list of handles: still usable.
+        self.drivers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl quinn::Runtime for FrontRuntime {
+    fn new_timer(&self, deadline: std::time::Instant) -> Pin<Box<dyn quinn::AsyncTimer>> {
+        self.inner.new_timer(deadline)
+    }
+
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        let driver = tokio::spawn(future).abort_handle();
+        let mut drivers = self.lock_drivers();
+        // One handle per connection ever made: finished ones go as new ones come.
+        drivers.retain(|driver| !driver.is_finished());
+        drivers.push(driver);
+    }
+
+    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        self.inner.wrap_udp_socket(socket)
+    }
+
+    fn now(&self) -> std::time::Instant {
+        self.inner.now()
     }
 }
 
@@ -601,6 +671,70 @@ mod tests {
         let (response, _) = first.send(http::Method::GET, "/echo", b"").await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(H3Client::connect(&server).await.is_err());
+    }
+
+    /// A client that gives up on a handshake whose first Initial was lost sends its
+    /// CONNECTION_CLOSE in an Initial of its own, and quinn-proto makes that a connection which
+    /// is draining from birth with no close timer: only the idle timeout ends it. The DNS
+    /// node's probe does exactly this against a relay that is restarting. A stop must free the
+    /// port at once all the same, so the relay can start again on it.
+    #[tokio::test]
+    async fn stop_frees_the_port_despite_a_connection_born_closed() {
+        let certs = CertFixture::new();
+        // The port of a relay that is down: the client's first Initial is lost here.
+        let down = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = down.local_addr().unwrap();
+        down.set_nonblocking(true).unwrap();
+        let down = tokio::net::UdpSocket::from_std(down).unwrap();
+        let client = certs.quic_client();
+        let connecting = client.connect(addr, "localhost").unwrap();
+        let mut initial = [0u8; 2048];
+        within(down.recv_from(&mut initial)).await.unwrap().unwrap();
+        drop(down);
+
+        // The relay starts again on the port; then the client gives up.
+        let limits = test_limits();
+        let config = crate::relay::tls::quic_server_config(
+            certs.store.clone(),
+            &limits,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let (endpoint, release) =
+            h3_endpoint(std::net::UdpSocket::bind(addr).unwrap(), config).unwrap();
+        let observer = endpoint.clone();
+        let (drain, draining) = watch::channel(false);
+        let serving = tokio::spawn(serve_h3(
+            endpoint,
+            Arc::new(TestService::default()),
+            limits,
+            draining,
+        ));
+        drop(connecting);
+        within(async {
+            while observer.open_connections() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the client's close reached the relay");
+
+        drain.send(true).unwrap();
+        within(serving).await.unwrap().unwrap();
+        assert_eq!(
+            observer.open_connections(),
+            1,
+            "the connection born closed is still there after the drain"
+        );
+        drop(observer);
+        assert!(
+            within(release.release(Duration::from_secs(5)))
+                .await
+                .unwrap(),
+            "the UDP socket was not closed"
+        );
+        std::net::UdpSocket::bind(addr).expect("the port is free again");
+        drop(client);
     }
 
     #[tokio::test]

@@ -125,6 +125,11 @@ impl Outlier {
         until(self.ejected_until) || until(self.paused_until)
     }
 
+    /// Paused at the backend's own request (429/503), as opposed to ejected.
+    pub(super) fn is_paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|t| t > now)
+    }
+
     pub(super) fn record_success(&mut self, now: Instant) {
         self.consecutive_failures = 0;
         // A success from a request sent before the ejection says nothing about its cause.

@@ -264,6 +264,9 @@ pub struct ModelLoad {
 struct Reading {
     health: Health,
     available: bool,
+    /// Not removed, drained, found down by active probes or paused at its own request
+    /// (429/503 with `Retry-After`): available but for a passive outlier ejection.
+    live: bool,
     in_flight: u32,
     score: f64,
     /// Signals recent enough to count, or a kind that has none (in-flight is always fresh).
@@ -436,6 +439,33 @@ impl Pool {
         seed: u64,
         now: Instant,
     ) -> Option<BackendIdx> {
+        self.pick_among(model, exclude, seed, now, |reading| reading.available)
+    }
+
+    /// The last resort for a request no backend has seen yet, when [`Pool::pick`] has none
+    /// left: the same choice among the backends held out only by passive outlier detection
+    /// (ejected, or paused after a 429/503). Ejection is a guess from recent failures, and the
+    /// backend may well be back; trying it costs one connection attempt, while not trying
+    /// turns a request that could have been served into a 502. Backends that active probes
+    /// found down, drained or removed ones are never picked.
+    pub fn pick_held_out(
+        &self,
+        model: &str,
+        exclude: &[BackendIdx],
+        seed: u64,
+        now: Instant,
+    ) -> Option<BackendIdx> {
+        self.pick_among(model, exclude, seed, now, |reading| reading.live)
+    }
+
+    fn pick_among(
+        &self,
+        model: &str,
+        exclude: &[BackendIdx],
+        seed: u64,
+        now: Instant,
+        eligible: impl Fn(&Reading) -> bool,
+    ) -> Option<BackendIdx> {
         let roster = self.roster.load();
         let candidates: Vec<(BackendIdx, Reading)> = roster
             .by_model
@@ -444,7 +474,7 @@ impl Pool {
             .filter(|b| !exclude.contains(b))
             .filter_map(|&b| {
                 let reading = self.reading(roster.slots.get(b.get())?, now);
-                reading.available.then_some((b, reading))
+                eligible(&reading).then_some((b, reading))
             })
             .collect();
         let n = candidates.len() as u64;
@@ -726,12 +756,14 @@ impl Pool {
             .signals
             .filter(|(_, at, _)| now.saturating_duration_since(*at) <= self.stale_after)
             .map(|(signals, _, ours_then)| Scraped { signals, ours_then });
+        let live = !slot.removed
+            && !slot.member.drained.load(Ordering::Relaxed)
+            && health != Health::Down
+            && !state.outlier.is_paused(now);
         Reading {
             health,
-            available: !slot.removed
-                && !slot.member.drained.load(Ordering::Relaxed)
-                && health != Health::Down
-                && !state.outlier.is_out(now),
+            available: live && !state.outlier.is_out(now),
+            live,
             in_flight,
             score: load_score(slot.config.slots, in_flight, fresh_signals.as_ref()),
             fresh: fresh_signals.is_some() || !publishes_signals(slot.config.kind),

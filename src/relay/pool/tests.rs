@@ -229,6 +229,75 @@ fn pick_only_takes_available_backends() {
     }
 }
 
+/// The retry's last resort takes what only passive ejection holds out, and nothing else that
+/// `pick` leaves out.
+#[test]
+fn last_resort_takes_only_ejected_backends() {
+    let t0 = Instant::now();
+    type Setup = fn(&Pool, Instant);
+    fn eject(p: &Pool, i: u16, t: Instant) {
+        for _ in 0..3 {
+            let _ = p.record_failure(b(i), Failure::Connect, t);
+        }
+    }
+    let cases: &[(&str, Setup, &[u16])] = &[
+        (
+            "all ejected: any",
+            |p, t| (0..3).for_each(|i| eject(p, i, t)),
+            &[0, 1, 2],
+        ),
+        (
+            "ejected, drained, liveness down",
+            |p, t| {
+                eject(p, 0, t);
+                p.set_drained(b(1), true);
+                probe_n(p, b(2), ProbeKind::Liveness, false, 3, t);
+            },
+            &[0],
+        ),
+        (
+            "ejected and paused by its Retry-After",
+            |p, t| {
+                eject(p, 0, t);
+                let _ = p.record_failure(
+                    b(1),
+                    Failure::Overloaded {
+                        retry_after: Some(secs(5)),
+                    },
+                    t,
+                );
+                p.set_drained(b(2), true);
+            },
+            &[0],
+        ),
+        (
+            "deep probe down",
+            |p, t| {
+                probe_n(p, b(0), ProbeKind::Deep, false, 3, t);
+                (1..3).for_each(|i| p.set_drained(b(i), true));
+            },
+            &[],
+        ),
+    ];
+    for (name, setup, allowed) in cases {
+        let pool = Pool::new(&vllm(3));
+        setup(&pool, t0);
+        for seed in 0..200 {
+            let pick = pool.pick_held_out(M, &[], seed, t0);
+            match pick {
+                Some(p) => assert!(allowed.contains(&p.0), "{name}: seed {seed} picked {p:?}"),
+                None => assert!(allowed.is_empty(), "{name}: seed {seed} picked nothing"),
+            }
+        }
+    }
+    // The retry itself was excluded: never offered again.
+    let pool = Pool::new(&vllm(2));
+    eject(&pool, 0, t0);
+    assert_eq!(pool.pick(M, &[b(1)], 7, t0), None);
+    assert_eq!(pool.pick_held_out(M, &[b(1)], 7, t0), Some(b(0)));
+    assert_eq!(pool.pick_held_out(M, &[b(0), b(1)], 7, t0), None);
+}
+
 #[test]
 fn pool_is_shared_across_tasks() {
     fn shared<T: Send + Sync + 'static>() {}
