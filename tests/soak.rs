@@ -585,7 +585,9 @@ async fn soak_under_faults_loses_nothing() {
                 BackendFault::DieMidStream,
                 BackendFault::RefuseBeforeBody,
                 BackendFault::Stop,
-            ][fault_round % 3];
+                // Shifted by one every lap over the regions, so each region meets every kind of
+                // fault (with `fault_round % 3` alone, a region would always get the same one).
+            ][(fault_round + fault_round / REGIONS.len()) % 3];
             fault_round += 1;
             match fault {
                 BackendFault::Stop => {

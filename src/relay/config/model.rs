@@ -161,8 +161,6 @@ pub struct Shedding {
     /// Region saturation (0..=1, capacity-weighted backend load) above which new requests get
     /// 429; requests already admitted are never shed.
     pub max_saturation: f64,
-    /// Requests waiting in the relay for a backend slot, per unit of slots, before 429.
-    pub max_queue_per_slot: f64,
     /// `Retry-After` sent with a 429.
     pub retry_after: Duration,
 }

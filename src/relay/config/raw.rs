@@ -284,8 +284,6 @@ pub fn default_max_retry_after_ms() -> i64 {
 pub struct RawShedding {
     #[serde(default = "default_max_saturation")]
     pub max_saturation: f64,
-    #[serde(default = "default_max_queue_per_slot")]
-    pub max_queue_per_slot: f64,
     #[serde(default = "default_retry_after_s")]
     pub retry_after_s: i64,
 }
@@ -294,7 +292,6 @@ impl Default for RawShedding {
     fn default() -> Self {
         Self {
             max_saturation: default_max_saturation(),
-            max_queue_per_slot: default_max_queue_per_slot(),
             retry_after_s: default_retry_after_s(),
         }
     }
@@ -303,10 +300,6 @@ impl Default for RawShedding {
 // Shed just before full, so admitted requests keep their latency.
 pub fn default_max_saturation() -> f64 {
     0.95
-}
-
-pub fn default_max_queue_per_slot() -> f64 {
-    2.0
 }
 
 pub fn default_retry_after_s() -> i64 {

@@ -108,7 +108,6 @@ fn default_sections() -> (Timeouts, RetryPolicy, Shedding, Limits, HealthChecks)
         },
         Shedding {
             max_saturation: 0.95,
-            max_queue_per_slot: 2.0,
             retry_after: Duration::from_secs(2),
         },
         Limits {
@@ -639,14 +638,13 @@ fn bad_documents_are_located() {
             ),
         ),
         (
-            format!("{BASE}\n[shedding]\nmax_queue_per_slot = inf\n"),
+            // Removed: the relay keeps no queue of its own, `max_saturation` bounds admission.
+            format!("{BASE}\n[shedding]\nmax_queue_per_slot = 2.0\n"),
             error(
                 "shedding.max_queue_per_slot",
-                Problem::NumberOutOfRange {
-                    value: f64::INFINITY,
-                    min: 0.0,
-                    min_exclusive: false,
-                    max: None,
+                Problem::UnknownKey {
+                    key: "max_queue_per_slot".into(),
+                    expected: vec!["max_saturation".into(), "retry_after_s".into()],
                 },
             ),
         ),
@@ -907,12 +905,12 @@ fn shape_errors_keep_serde_words_and_position() {
         other => panic!("expected a syntax error, got {other:?}"),
     }
 
-    let errors = field_errors(&format!("{BASE}\n[shedding]\nmax_queue_per_slot = nan\n"));
+    let errors = field_errors(&format!("{BASE}\n[shedding]\nmax_saturation = nan\n"));
     assert!(
         matches!(
             errors.as_slice(),
             [FieldError { field, problem: Problem::NumberOutOfRange { value, .. } }]
-                if field == "shedding.max_queue_per_slot" && value.is_nan()
+                if field == "shedding.max_saturation" && value.is_nan()
         ),
         "{errors:?}"
     );

@@ -445,12 +445,6 @@ impl Validator {
                 (0.0, true),
                 Some(1.0),
             ),
-            max_queue_per_slot: self.number_in(
-                "shedding.max_queue_per_slot",
-                raw.max_queue_per_slot,
-                (0.0, false),
-                None,
-            ),
             retry_after: Duration::from_secs(self.int_in(
                 "shedding.retry_after_s",
                 raw.retry_after_s,

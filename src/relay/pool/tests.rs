@@ -54,7 +54,6 @@ pub(crate) fn config(backends: Vec<Backend>) -> RelayConfig {
         },
         shedding: Shedding {
             max_saturation: 0.95,
-            max_queue_per_slot: 1.0,
             retry_after: Duration::from_secs(1),
         },
         limits: Limits {
