@@ -808,6 +808,14 @@ async fn relay_admin_calls_that_change_the_relay_need_the_token() {
         assert_eq!(status, 200, "GET {path}: {text}");
         assert!(!text.contains(RELAY_TOKEN), "GET {path}");
     }
+    let refusals = mutating.len() * presented.len();
+    let (_, _, metrics) = raw(admin, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains(&format!(
+            "meridian_relay_admin_auth_failures_total {refusals}"
+        )),
+        "{metrics}"
+    );
 
     // With the token (the scheme is case-insensitive) the same calls go through.
     let (status, _, text) = raw(

@@ -287,6 +287,15 @@ async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
 }
 
 /// The status code of an HTTP/1.1 response head read from `stream`.
+/// The relay admin listener's `/metrics` text (one short-lived connection).
+async fn relay_metrics(admin: SocketAddr) -> String {
+    let mut tcp = TcpStream::connect(admin).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    String::from_utf8(within("metrics are read", read_until_closed(&mut tcp)).await).unwrap()
+}
+
 async fn h1_status<S: AsyncRead + Unpin>(stream: &mut S) -> u16 {
     let read = async {
         let mut head = Vec::new();
@@ -519,6 +528,11 @@ async fn relay_https_connections_over_the_cap_are_closed_and_a_slot_frees() {
     )
     .await;
     assert!(third.is_err(), "a third connection got through");
+    let metrics = relay_metrics(relay.admin).await;
+    assert!(
+        metrics.contains("meridian_relay_connections_refused_total{listener=\"https\"} 1"),
+        "{metrics}"
+    );
 
     held.pop();
     until("a new connection is served after one closed", || async {
@@ -568,6 +582,24 @@ async fn relay_admin_connections_over_the_cap_are_closed_and_a_slot_frees() {
     );
 
     held.pop();
+    // The metrics scrape itself needs a slot, so it comes after one was freed.
+    until("the refusal is counted", || async {
+        let Ok(mut tcp) = TcpStream::connect(relay.admin).await else {
+            return false;
+        };
+        let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        if tcp.write_all(request).await.is_err() {
+            return false;
+        }
+        let text = String::from_utf8_lossy(&read_until_closed(&mut tcp).await).into_owned();
+        // At least the one above; tries of this loop made before the slot freed count too.
+        text.lines()
+            .filter_map(|line| {
+                line.strip_prefix("meridian_relay_connections_refused_total{listener=\"admin\"} ")
+            })
+            .any(|count| count.parse::<u64>().is_ok_and(|n| n >= 1))
+    })
+    .await;
     until(
         "an admin request is served after one connection closed",
         || async {

@@ -94,6 +94,7 @@ pub async fn serve_admin(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%peer, limit = MAX_ADMIN_CONNECTIONS, "admin connection limit reached; closing");
+            state.metrics.connection_refused("admin");
             continue;
         };
         let state = state.clone();
@@ -128,6 +129,7 @@ async fn authorize_then_handle(
     {
         // The path is the caller's text: logged as a debug-formatted string, never the header.
         warn!(%peer, method = %request.method(), path = ?request.uri().path(), "relay admin call refused: missing or wrong token");
+        state.metrics.admin_auth_failed();
         return unauthorized();
     }
     handle(state, request).await

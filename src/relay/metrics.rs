@@ -49,6 +49,11 @@ struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ErrorLabels {
     code: &'static str,
     status: u16,
@@ -71,6 +76,8 @@ pub struct RelayMetrics {
     load_score: Family<BackendLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     saturation: Gauge<f64, std::sync::atomic::AtomicU64>,
     reloads: Family<ReloadLabels, Counter>,
+    connections_refused: Family<ListenerLabels, Counter>,
+    admin_auth_failures: Counter,
 }
 
 fn first_byte_histogram() -> Histogram {
@@ -107,6 +114,8 @@ impl RelayMetrics {
             load_score: Family::default(),
             saturation: Gauge::default(),
             reloads: Family::default(),
+            connections_refused: Family::default(),
+            admin_auth_failures: Counter::default(),
         };
         registry.register(
             "responses",
@@ -122,6 +131,16 @@ impl RelayMetrics {
             "stream_failures",
             "Responses that failed after their first byte (SSE error event sent, or aborted)",
             metrics.stream_failures.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed or refused at accept because the listener (https, plain, h3, admin) was at its connection cap",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "admin_auth_failures",
+            "Relay admin calls refused with 401 (missing or wrong bearer token)",
+            metrics.admin_auth_failures.clone(),
         );
         registry.register(
             "refused",
@@ -239,6 +258,17 @@ impl RelayMetrics {
                 backend: backend.to_string(),
             })
             .inc();
+    }
+
+    /// A connection turned away at `listener`'s connection cap.
+    pub fn connection_refused(&self, listener: &'static str) {
+        self.connections_refused
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
+    pub fn admin_auth_failed(&self) {
+        self.admin_auth_failures.inc();
     }
 
     pub fn retry_denied(&self) {

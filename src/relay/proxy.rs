@@ -69,6 +69,10 @@ impl RelayService for ProxyService {
         let proxy = self.0.clone();
         Box::pin(async move { proxy.handle(request, conn).await })
     }
+
+    fn connection_refused(&self, listener: &'static str) {
+        self.0.metrics.connection_refused(listener);
+    }
 }
 
 /// What one attempt on one backend came to.

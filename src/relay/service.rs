@@ -52,6 +52,12 @@ pub type ResponseFuture = Pin<Box<dyn Future<Output = http::Response<Body>> + Se
 /// service, never by a front.
 pub trait RelayService: Send + Sync + 'static {
     fn call(&self, request: http::Request<Body>, conn: ConnInfo) -> ResponseFuture;
+
+    /// A front turned a connection away at its connection cap (`listener`: `https`, `plain`,
+    /// `h3`). The fronts own no metrics; the service that owns them counts it.
+    fn connection_refused(&self, listener: &'static str) {
+        let _ = listener;
+    }
 }
 
 /// A body with all its bytes at once.

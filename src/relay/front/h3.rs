@@ -277,6 +277,7 @@ pub async fn serve_h3(
                 limit = limits.max_connections,
                 "connection limit reached; refusing"
             );
+            service.connection_refused("h3");
             incoming.refuse();
             continue;
         };

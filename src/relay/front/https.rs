@@ -38,6 +38,7 @@ pub async fn serve_https(
     while let Some((tcp, peer)) = accept_until_drain(&listener, &mut drain).await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%peer, limit = limits.max_connections, "connection limit reached; closing");
+            http.service().connection_refused("https");
             continue;
         };
         // Taken before the handshake, so a drain that starts during it still reaches this

@@ -135,6 +135,10 @@ struct HttpConnections {
 }
 
 impl HttpConnections {
+    fn service(&self) -> &dyn RelayService {
+        self.service.as_ref()
+    }
+
     fn new(
         service: Arc<dyn RelayService>,
         limits: &Limits,

@@ -35,6 +35,7 @@ pub async fn serve_plain(
     while let Some((mut tcp, peer)) = accept_until_drain(&listener, &mut drain).await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%peer, limit = limits.max_connections, "connection limit reached; closing");
+            http.service().connection_refused("plain");
             continue;
         };
         let watcher = graceful.watcher();
