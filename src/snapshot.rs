@@ -102,26 +102,7 @@ impl Snapshot {
         }
         // GSLB names live inside a zone and share its SOA/NS; the zone learns of them so that
         // other types at the name get NODATA and names above them are empty non-terminals.
-        for gslb in &config.gslb {
-            let Some(zone) = zones.iter_mut().find(|z| z.origin() == &gslb.zone) else {
-                return Err(SnapshotError::GslbOutsideZones {
-                    name: gslb.name.to_ascii(),
-                });
-            };
-            zone.add_dynamic_name(&gslb.name)
-                .map_err(|source| SnapshotError::GslbName {
-                    name: gslb.name.to_ascii(),
-                    source: Box::new(source),
-                })?;
-            if gslb.policy.why {
-                let why = why_name(&gslb.name)?;
-                zone.add_dynamic_name(&why)
-                    .map_err(|source| SnapshotError::GslbName {
-                        name: why.to_ascii(),
-                        source: Box::new(source),
-                    })?;
-            }
-        }
+        register_dynamic_names(&config, &mut zones)?;
         let zones = Zones::new(zones).map_err(|e| SnapshotError::Zones(Box::new(e)))?;
 
         let geo = match &config.geoip {
@@ -215,6 +196,63 @@ impl Snapshot {
         files.extend(self.config.geoip.iter().map(|g| g.path.clone()));
         files.extend(self.config.operator_state_file.iter().cloned());
         files
+    }
+}
+
+/// Registers every GSLB name (and `_why` name) with its zone: one batch per zone, as a zone
+/// rebuilds its index once per batch. The error reported is the one the first offending name
+/// in config order gets, as if the names were registered one by one.
+fn register_dynamic_names(config: &DnsConfig, zones: &mut [Zone]) -> Result<(), SnapshotError> {
+    // Per zone: (position in config order, name as configured).
+    let mut per_zone: Vec<Vec<(usize, Name)>> = vec![Vec::new(); zones.len()];
+    let mut first_error: Option<(usize, SnapshotError)> = None;
+    let mut position = 0;
+    for gslb in &config.gslb {
+        let Some(zone) = zones.iter().position(|z| z.origin() == &gslb.zone) else {
+            first_error = Some((
+                position,
+                SnapshotError::GslbOutsideZones {
+                    name: gslb.name.to_ascii(),
+                },
+            ));
+            break;
+        };
+        let Some(names) = per_zone.get_mut(zone) else {
+            break;
+        };
+        names.push((position, gslb.name.clone()));
+        position += 1;
+        if gslb.policy.why {
+            match why_name(&gslb.name) {
+                Ok(why) => names.push((position, why)),
+                Err(error) => {
+                    first_error = Some((position, error));
+                    break;
+                }
+            }
+            position += 1;
+        }
+    }
+    for (zone, names) in zones.iter_mut().zip(&per_zone) {
+        let batch: Vec<Name> = names.iter().map(|(_, name)| name.clone()).collect();
+        if let Err((index, source)) = zone.add_dynamic_names(&batch)
+            && let Some((position, name)) = names.get(index)
+            && first_error
+                .as_ref()
+                .is_none_or(|(first, _)| position < first)
+        {
+            first_error = Some((
+                *position,
+                SnapshotError::GslbName {
+                    name: name.to_ascii(),
+                    source: Box::new(source),
+                },
+            ));
+        }
+    }
+    match first_error {
+        Some((_, error)) => Err(error),
+        None => Ok(()),
     }
 }
 

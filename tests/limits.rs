@@ -177,10 +177,10 @@ async fn dns_tcp_connections_over_the_cap_are_closed_counted_and_a_slot_frees() 
     server.stop().await;
 }
 
-/// One query in flight per connection: pipelined queries wait in the socket, not in the
-/// server, and are answered in order.
+/// Pipelined queries are read one bounded chunk at a time and answered in order; the rest wait
+/// in the socket, not in the server.
 #[tokio::test]
-async fn dns_tcp_pipelined_queries_are_answered_in_order_one_at_a_time() {
+async fn dns_tcp_pipelined_queries_are_answered_in_order() {
     let server = TestServer::start(&common::bundled_config()).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     const QUERIES: u16 = 500;

@@ -4,8 +4,9 @@
 //! answered by the handler against the snapshot loaded at that moment. Each UDP socket is
 //! served by blocking worker threads (one per CPU the process may use) that receive and send
 //! in batches and answer through a per-worker [`AnswerCache`]; see the UDP section below for
-//! why not tasks. Each TCP connection gets a task, bounded by `max_tcp_connections`, with
-//! pipelined queries answered in order and idle connections closed. A zone transfer (AXFR,
+//! why not tasks. Each TCP connection gets a task, bounded by `max_tcp_connections`, that
+//! reads pipelined queries a chunk at a time and writes the chunk's answers, in order, in one
+//! write (see the TCP section); idle and stalled connections are closed. A zone transfer (AXFR,
 //! IXFR) on a TCP connection is answered by [`super::transfer`] as a series of messages.
 
 use std::{
@@ -266,6 +267,7 @@ fn start_udp_workers(
     // Leaves tokio's reactor: the workers block in poll(2) themselves.
     let socket = Arc::new(socket.into_std()?);
     let state = Arc::new(quinn_udp::UdpSocketState::new((&*socket).into())?);
+    skip_traffic_class(&socket);
     let room = UDP_DATAGRAM_ROOM.max(state.gro_segments() * 1500);
     let mut threads = Vec::with_capacity(workers);
     for number in 0..workers {
@@ -290,6 +292,23 @@ fn start_udp_workers(
         );
     }
     Ok(threads)
+}
+
+/// Turns off the TOS / traffic class control message that quinn-udp asks for (QUIC's ECN):
+/// DNS has no use for it, and the kernel would build one per received query. quinn-udp's
+/// other options stay: the destination address (`IP_PKTINFO`, which no safe API turns off
+/// again) and GRO (queries of one flow may arrive coalesced).
+fn skip_traffic_class(socket: &std::net::UdpSocket) {
+    use rustix::net::sockopt;
+    // A dual-stack socket takes both; on an IPv4 socket the IPv6 option fails harmlessly.
+    let v4 = sockopt::set_ip_recvtos(socket, false);
+    let v6 = match socket.local_addr() {
+        Ok(SocketAddr::V6(_)) => sockopt::set_ipv6_recvtclass(socket, false),
+        _ => Ok(()),
+    };
+    if let Err(error) = v4.and(v6) {
+        debug!(%error, "cannot turn off the traffic class of received datagrams");
+    }
 }
 
 struct UdpWorker {
@@ -589,6 +608,20 @@ async fn serve_tcp(
     tasks.abort_all();
 }
 
+// Each connection is read in chunks of up to `TCP_READ_CHUNK` octets; every complete message in
+// a chunk is answered, in order, into one output buffer, and the answers go out in one write
+// before the connection is read again. A pipelining client (a resolver, dnsperf) thus costs a
+// read and a write per chunk instead of two reads and a write per query, and the kernel sends
+// one segment where it sent one per answer. What the server holds per connection stays bounded:
+// one chunk of queries (or one whole message, up to 65,537 octets with its prefix) and at most
+// `TCP_WRITE_BATCH` octets of answers plus one message; the rest waits in the kernel's socket
+// buffers, under TCP flow control.
+
+/// Octets asked of the kernel per read, unless a longer message must be completed.
+const TCP_READ_CHUNK: usize = 16 * 1024;
+/// Answers buffered before they are written even though queries of the chunk remain.
+const TCP_WRITE_BATCH: usize = 32 * 1024;
+
 async fn serve_tcp_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -599,93 +632,335 @@ async fn serve_tcp_connection(
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut packet = Vec::with_capacity(512);
+    let mut inbox = TcpInbox::new();
+    let mut outbox = TcpOutbox::new(idle_timeout);
     let mut response = Vec::with_capacity(4096);
     // Pipelining resolvers ask the same shapes over one connection again and again.
     let mut cache = AnswerCache::new();
-    let mut framed = Vec::with_capacity(4096 + 2);
+    // splitmix64 state of this connection: no shared counter per query.
+    let mut seed = next_seed(seeds);
+    // A message must be complete within the idle timeout of the previous one's end (or of the
+    // connection's start): neither silence nor a trickle holds a slot longer.
+    let mut deadline = tokio::time::Instant::now() + idle_timeout;
     loop {
-        let mut length = [0u8; 2];
-        tokio::select! {
-            read = tokio::time::timeout(idle_timeout, stream.read_exact(&mut length)) => match read {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(()), // idle: close quietly
-            },
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, inbox.fill(&mut stream)) => read,
             _ = shutdown.changed() => return Ok(()),
-        }
-        let length = usize::from(u16::from_be_bytes(length));
-        packet.resize(length, 0);
-        // A peer that announces a length and stalls is cut off by the same idle timeout.
-        match tokio::time::timeout(idle_timeout, stream.read_exact(&mut packet)).await {
+        };
+        match read {
+            Ok(Ok(0)) if inbox.is_empty() => return Ok(()),
+            Ok(Ok(0)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed mid-message",
+                ));
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(()), // idle, or a message that stalls: close quietly
         }
-        let started = Instant::now();
-        if transfer::is_transfer_query(&packet) {
-            let snapshot = store.load_full();
-            // Encoding a large zone takes a while: not on the runtime's threads.
-            let (request, answering) = (packet.clone(), snapshot.clone());
-            let transfer =
-                tokio::task::spawn_blocking(move || transfer::respond(&answering, &request, peer))
-                    .await
-                    .map_err(io::Error::other)?;
-            if let Some(transfer) = transfer {
-                metrics.answered(
-                    Transport::Tcp,
-                    &transfer.summary,
-                    &snapshot,
-                    started.elapsed(),
-                );
-                drop(snapshot);
-                for message in &transfer.messages {
-                    write_framed(&mut stream, message, &mut framed, idle_timeout).await?;
+        let mut answered_any = false;
+        let snapshot = store.load_full();
+        while let Some(packet) = inbox.next_message() {
+            answered_any = true;
+            let started = Instant::now();
+            if transfer::is_transfer_query(packet) {
+                // Earlier answers go first: answers stay in query order.
+                outbox.write(&mut stream, metrics, &snapshot).await?;
+                // Encoding a large zone takes a while: not on the runtime's threads.
+                let (request, answering) = (packet.to_vec(), snapshot.clone());
+                let transfer = tokio::task::spawn_blocking(move || {
+                    transfer::respond(&answering, &request, peer)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                if let Some(transfer) = transfer {
+                    metrics.answered(
+                        Transport::Tcp,
+                        &transfer.summary,
+                        &snapshot,
+                        started.elapsed(),
+                    );
+                    for message in &transfer.messages {
+                        outbox.push(message)?;
+                        outbox.write(&mut stream, metrics, &snapshot).await?;
+                    }
+                    continue;
                 }
-                continue;
+            }
+            seed = seed.wrapping_add(GOLDEN_GAMMA);
+            let summary = respond_cached(
+                &snapshot,
+                &mut cache,
+                packet,
+                peer,
+                Transport::Tcp,
+                splitmix(seed),
+                started,
+                &mut response,
+            );
+            let Some(summary) = summary else {
+                outbox.tally.dropped(Transport::Tcp);
+                // Not a query: this connection is not a DNS client. What it was owed still goes.
+                outbox.write(&mut stream, metrics, &snapshot).await?;
+                return Ok(());
+            };
+            outbox
+                .tally
+                .answered(Transport::Tcp, &summary, started.elapsed());
+            outbox.push(&response)?;
+            if outbox.len() >= TCP_WRITE_BATCH {
+                outbox.write(&mut stream, metrics, &snapshot).await?;
             }
         }
-        let snapshot = store.load();
-        let summary = respond_cached(
-            &snapshot,
-            &mut cache,
-            &packet,
-            peer,
-            Transport::Tcp,
-            next_seed(seeds),
-            started,
-            &mut response,
-        );
-        let Some(summary) = summary else {
-            metrics.dropped(Transport::Tcp);
-            return Ok(()); // not a query: this connection is not a DNS client
-        };
-        metrics.answered(Transport::Tcp, &summary, &snapshot, started.elapsed());
-        drop(snapshot);
-        write_framed(&mut stream, &response, &mut framed, idle_timeout).await?;
+        outbox.write(&mut stream, metrics, &snapshot).await?;
+        if answered_any {
+            deadline = tokio::time::Instant::now() + idle_timeout;
+        }
     }
 }
 
-/// Writes one message with its length prefix; a client that stops reading for the idle
-/// timeout is cut off.
-async fn write_framed(
-    stream: &mut TcpStream,
-    message: &[u8],
-    framed: &mut Vec<u8>,
-    idle_timeout: Duration,
-) -> io::Result<()> {
-    let Ok(length) = u16::try_from(message.len()) else {
-        // Cannot happen: the handler caps TCP responses, and transfers their messages, at 65535.
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "message over 65535 octets",
+/// The octets read from one TCP connection and not yet answered.
+struct TcpInbox {
+    /// `buffer[start..end]` is unanswered input: whole messages, then at most a partial one.
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl TcpInbox {
+    fn new() -> TcpInbox {
+        TcpInbox {
+            buffer: vec![0; TCP_READ_CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Reads what the kernel has (at least one octet, or 0 at the end of the stream), after
+    /// making room: the partial message moves to the front, and the buffer grows to hold the
+    /// whole of a message announced longer than it (at most 65,537 octets).
+    async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let needed = match self.buffer.get(..2.min(self.end)) {
+            Some(&[high, low]) => 2 + usize::from(u16::from_be_bytes([high, low])),
+            _ => 2,
+        };
+        if needed > self.buffer.len() {
+            self.buffer.resize(needed, 0);
+        }
+        let read = stream.read(&mut self.buffer[self.end..]).await?;
+        self.end += read;
+        Ok(read)
+    }
+
+    /// The next complete message (without its length prefix), if one has been read.
+    fn next_message(&mut self) -> Option<&[u8]> {
+        let pending = &self.buffer[self.start..self.end];
+        let (&[high, low], body) = pending.split_first_chunk::<2>()?;
+        let length = usize::from(u16::from_be_bytes([high, low]));
+        let message = body.get(..length)?;
+        self.start += 2 + length;
+        Some(message)
+    }
+}
+
+/// Framed answers of one TCP connection waiting to be written, with their metric counts.
+struct TcpOutbox {
+    framed: Vec<u8>,
+    tally: Tally,
+    /// A client that stops reading for this long is cut off.
+    write_timeout: Duration,
+}
+
+impl TcpOutbox {
+    fn new(write_timeout: Duration) -> TcpOutbox {
+        TcpOutbox {
+            framed: Vec::with_capacity(TCP_WRITE_BATCH + 4096),
+            tally: Tally::default(),
+            write_timeout,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.framed.len()
+    }
+
+    /// Queues one message with its length prefix.
+    fn push(&mut self, message: &[u8]) -> io::Result<()> {
+        let Ok(length) = u16::try_from(message.len()) else {
+            // Cannot happen: the handler caps TCP responses, and transfers their messages, at
+            // 65535.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "message over 65535 octets",
+            ));
+        };
+        self.framed.extend_from_slice(&length.to_be_bytes());
+        self.framed.extend_from_slice(message);
+        Ok(())
+    }
+
+    /// Counts the queued answers (before sending, so a client that scrapes after its answer
+    /// sees it) and writes them in one go. `snapshot` is the one they were decided on.
+    async fn write(
+        &mut self,
+        stream: &mut TcpStream,
+        metrics: &Metrics,
+        snapshot: &Snapshot,
+    ) -> io::Result<()> {
+        metrics.flush(&mut self.tally, snapshot);
+        if self.framed.is_empty() {
+            return Ok(());
+        }
+        tokio::time::timeout(self.write_timeout, stream.write_all(&self.framed))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+        self.framed.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    const TYPE_A: u16 = 1;
+    const TYPE_TXT: u16 = 16;
+    const TYPE_AXFR: u16 = 252;
+    const RCODE_REFUSED: u8 = 5;
+
+    /// A query with EDNS (payload 1232) whose OPT carries `padding` octets of EDNS padding
+    /// (option 12), so that a message can be made longer than a read chunk.
+    fn query(id: u16, name: &str, qtype: u16, padding: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for field in [id, 0, 1, 0, 0, 1] {
+            bytes.extend_from_slice(&field.to_be_bytes());
+        }
+        for label in name.split('.') {
+            bytes.push(label.len() as u8);
+            bytes.extend_from_slice(label.as_bytes());
+        }
+        bytes.push(0);
+        bytes.extend_from_slice(&qtype.to_be_bytes());
+        bytes.extend_from_slice(&1u16.to_be_bytes());
+        let rdata_len = if padding > 0 { 4 + padding } else { 0 };
+        bytes.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&(rdata_len as u16).to_be_bytes());
+        if padding > 0 {
+            bytes.extend_from_slice(&12u16.to_be_bytes());
+            bytes.extend_from_slice(&(padding as u16).to_be_bytes());
+            bytes.extend(std::iter::repeat_n(0u8, padding));
+        }
+        bytes
+    }
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut bytes = (message.len() as u16).to_be_bytes().to_vec();
+        bytes.extend_from_slice(message);
+        bytes
+    }
+
+    /// The TCP listener of a server on 127.0.0.1:0 over the bundled example.
+    async fn start() -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/meridian.toml");
+        let store = Arc::new(SnapshotStore::open(&config).expect("the bundled config loads"));
+        let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("address")])
+            .await
+            .expect("bind");
+        let addr = listeners.tcp_addresses().expect("address")[0];
+        let limits = ServerLimits {
+            tcp_idle_timeout: Duration::from_secs(10),
+            max_tcp_connections: 4,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(
+            listeners,
+            store,
+            Arc::new(Metrics::new()),
+            limits,
+            stopped,
         ));
-    };
-    framed.clear();
-    framed.extend_from_slice(&length.to_be_bytes());
-    framed.extend_from_slice(message);
-    tokio::time::timeout(idle_timeout, stream.write_all(framed))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))?
+        (addr, stop, task)
+    }
+
+    /// Everything the batched TCP path must keep: answers in query order across several
+    /// output batches (large answers), a transfer request in the middle of a pipelined chunk
+    /// (answered through the transfer path, here REFUSED), a message longer than a read chunk,
+    /// and a message split across two writes.
+    #[tokio::test]
+    async fn pipelined_queries_are_answered_in_order_whatever_the_chunking() {
+        let (addr, stop, task) = start().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        // (id, query, expected RCODE)
+        let mut plan = Vec::new();
+        for id in 0..60 {
+            plan.push((id, query(id, "big.example.test", TYPE_TXT, 0), 0));
+        }
+        plan.push((60, query(60, "example.test", TYPE_AXFR, 0), RCODE_REFUSED));
+        for id in 61..70 {
+            plan.push((id, query(id, "www.example.test", TYPE_A, 0), 0));
+        }
+        let long = query(70, "www.example.test", TYPE_A, TCP_READ_CHUNK + 1000);
+        assert!(long.len() > TCP_READ_CHUNK);
+        plan.push((70, long, 0));
+        plan.push((71, query(71, "www.example.test", TYPE_A, 0), 0));
+        let bytes: Vec<u8> = plan.iter().flat_map(|(_, q, _)| framed(q)).collect();
+        // The big answers (~1.6 kB each) alone fill the output batch more than twice.
+        const { assert!(60 * 1500 > 2 * TCP_WRITE_BATCH) };
+        let split = bytes.len() - 7; // inside the last message
+        let (first, second) = bytes.split_at(split);
+        let (mut reader, mut writer) = stream.split();
+        let write = async {
+            writer.write_all(first).await.expect("first write");
+            // The rest of the last message goes only once every other answer is back, so the
+            // server has most likely read the first part on its own by then.
+            writer
+        };
+        let read = async {
+            let mut seen = Vec::new();
+            for (id, _, rcode) in &plan[..plan.len() - 1] {
+                let answer = read_framed_half(&mut reader).await;
+                seen.push((u16::from_be_bytes([answer[0], answer[1]]), answer[3] & 0x0f));
+                assert_eq!(
+                    seen.last(),
+                    Some(&(*id, *rcode)),
+                    "answers so far: {seen:?}"
+                );
+            }
+            reader
+        };
+        let (mut writer, mut reader) =
+            tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(write, read) })
+                .await
+                .expect("answers within 10 s");
+        writer.write_all(second).await.expect("second write");
+        let last = tokio::time::timeout(Duration::from_secs(10), read_framed_half(&mut reader))
+            .await
+            .expect("the split message answered within 10 s");
+        assert_eq!(u16::from_be_bytes([last[0], last[1]]), 71);
+        assert_eq!(last[3] & 0x0f, 0);
+        let _ = stop.send(true);
+        task.await.expect("server task");
+    }
+
+    async fn read_framed_half(stream: &mut tokio::net::tcp::ReadHalf<'_>) -> Vec<u8> {
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).await.expect("length");
+        let mut message = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut message).await.expect("message");
+        message
+    }
 }

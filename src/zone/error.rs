@@ -112,6 +112,20 @@ pub enum ZoneError {
     #[error("{at}: NS records at the wildcard {name}")]
     WildcardDelegation { at: SourceLine, name: Name },
 
+    /// The store addresses names and records with 32-bit offsets: about 4 GiB of each, four
+    /// billion names.
+    #[error("{at}: the zone is too large to hold (over 4 GiB of names or record data)")]
+    TooLarge { at: SourceLine },
+
+    /// The record's wire form does not decode back to the same value, so it could not be
+    /// served as written (a gap in hickory's support for the type).
+    #[error("{at}: {name} {rtype}: the record does not survive a round trip through its wire form")]
+    Unrepresentable {
+        at: SourceLine,
+        name: Name,
+        rtype: RecordType,
+    },
+
     #[error("GSLB name {name} is outside the zone {origin}")]
     DynamicOutsideZone { name: Name, origin: Name },
 

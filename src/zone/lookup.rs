@@ -5,7 +5,8 @@ use std::borrow::Cow;
 
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use super::{Node, Zone};
+use super::Zone;
+use super::store::{self, NodeIdx};
 
 /// Longest CNAME chain followed inside one zone. Real chains inside a zone are one or two
 /// links; the bound caps the work a crafted zone can cause per query. Loops are also stopped
@@ -36,16 +37,16 @@ pub enum Lookup {
 }
 
 /// Where a name lands in the zone.
-enum Resolution<'z> {
+enum Resolution {
     /// The name exists, or a wildcard stands in for it (`synthesized`: the records must take
     /// the name as owner).
     Exists {
-        node: &'z Node,
+        node: NodeIdx,
         synthesized: bool,
     },
     /// The name is at or below the delegation whose NS RRset `cut` holds.
     Delegated {
-        cut: &'z Node,
+        cut: NodeIdx,
         at_cut: bool,
     },
     NxDomain,
@@ -64,8 +65,9 @@ impl Zone {
     pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Lookup {
         let mut chain = Vec::new();
         let mut current = Cow::Borrowed(qname);
+        let mut key = Vec::with_capacity(64);
         loop {
-            let (node, synthesized) = match self.resolve(&current) {
+            let (node, synthesized) = match self.resolve(&current, &mut key) {
                 Resolution::Exists { node, synthesized } => (node, synthesized),
                 Resolution::Delegated { cut, at_cut } => {
                     return if !chain.is_empty() {
@@ -86,7 +88,7 @@ impl Zone {
                 }
             };
 
-            if node.dynamic {
+            if self.store.is_dynamic(node) {
                 return match qtype {
                     RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::ANY => {
                         Lookup::Dynamic {
@@ -98,24 +100,34 @@ impl Zone {
                 };
             }
 
-            let owner = synthesized.then_some(current.as_ref());
-            let answer_set = if qtype == RecordType::ANY {
-                node.rrsets.first()
+            // A synthesized answer takes the name asked for; a stored one its (lower-case)
+            // owner, which is that name.
+            let owner = if synthesized {
+                current.as_ref().clone()
             } else {
-                node.rrsets.iter().find(|set| set.rtype == qtype)
+                lower_case(&current)
+            };
+            let rrsets = self.store.rrsets(node);
+            let answer_set = if qtype == RecordType::ANY {
+                rrsets.first()
+            } else {
+                let code = u16::from(qtype);
+                rrsets.iter().find(|set| u16::from(set.rtype()) == code)
             };
             if let Some(set) = answer_set {
-                let additionals = self.additionals(set.rtype, &set.records);
-                chain.extend(answer_records(&set.records, owner));
+                let records = self.store.records(set, &owner);
+                let additionals = self.additionals(set.rtype(), &records);
+                chain.extend(records);
                 return Lookup::Answer {
                     answers: chain,
                     additionals,
                 };
             }
 
-            let Some(cname) = node
-                .rrset(RecordType::CNAME)
-                .and_then(|records| records.first())
+            let Some(cname) = self
+                .store
+                .rrset(node, RecordType::CNAME)
+                .and_then(|set| self.store.records(set, &owner).into_iter().next())
             else {
                 return Lookup::NoData { chain };
             };
@@ -123,7 +135,7 @@ impl Zone {
                 return Lookup::NoData { chain };
             };
             let target = target.0.to_lowercase();
-            chain.extend(answer_records(std::slice::from_ref(cname), owner));
+            chain.push(cname);
             let looped = chain.iter().any(|record| record.name == target);
             if looped || chain.len() >= MAX_CNAME_CHAIN || !self.origin.zone_of(&target) {
                 return Lookup::Answer {
@@ -135,26 +147,28 @@ impl Zone {
         }
     }
 
-    fn resolve(&self, name: &Name) -> Resolution<'_> {
+    /// `key` is scratch space for the name's store key.
+    fn resolve(&self, name: &Name, key: &mut Vec<u8>) -> Resolution {
         if !self.origin.zone_of(name) {
             return Resolution::OutsideZone;
         }
-        // The common case, an existing name, costs one probe and no allocation.
-        if let Some(node) = self.nodes.get(name) {
-            return self.existing(node, name);
+        key.clear();
+        store::push_key(self.origin_labels, name, key);
+        // The common case, an existing name, costs one probe.
+        if let Some(node) = self.store.find(key) {
+            return self.existing(node, key);
         }
         // The closest encloser (RFC 4592 §3.3.1): the nearest existing ancestor. It exists
         // because the apex does.
-        let mut encloser = name.base_name();
-        loop {
-            if let Some(node) = self.nodes.get(&encloser) {
-                if node.cut.is_some() {
-                    return self.existing(node, name);
+        let mut encloser = store::parent_key(key);
+        while let Some(candidate) = encloser {
+            if let Some(node) = self.store.find(candidate) {
+                if self.store.cut(node).is_some() {
+                    return self.existing(node, key);
                 }
-                let Ok(wildcard) = encloser.prepend_label("*") else {
-                    return Resolution::NxDomain;
-                };
-                return match self.nodes.get(&wildcard) {
+                let mut wildcard = candidate.to_vec();
+                store::push_label(b"*", &mut wildcard);
+                return match self.store.find(&wildcard) {
                     Some(node) => Resolution::Exists {
                         node,
                         synthesized: true,
@@ -162,41 +176,36 @@ impl Zone {
                     None => Resolution::NxDomain,
                 };
             }
-            if encloser.is_root() {
-                return Resolution::NxDomain;
-            }
-            encloser = encloser.base_name();
+            encloser = store::parent_key(candidate);
         }
+        Resolution::NxDomain
     }
 
-    /// `node` exists at or above `name`; is it ours to answer?
-    fn existing<'z>(&'z self, node: &'z Node, name: &Name) -> Resolution<'z> {
-        match &node.cut {
+    /// `node` exists at or above the name of `key`; is it ours to answer?
+    fn existing(&self, node: NodeIdx, key: &[u8]) -> Resolution {
+        match self.store.cut(node) {
             None => Resolution::Exists {
                 node,
                 synthesized: false,
             },
-            Some(cut_name) => match self.nodes.get(cut_name) {
-                Some(cut) => Resolution::Delegated {
-                    cut,
-                    at_cut: cut_name == name,
-                },
-                // Every cut name is a node; unreachable, but never answer glue as data.
-                None => Resolution::NxDomain,
+            Some(cut) => Resolution::Delegated {
+                cut,
+                at_cut: self.store.key(cut) == key,
             },
         }
     }
 
-    fn referral(&self, cut: &Node) -> Lookup {
-        let ns = cut.rrset(RecordType::NS).unwrap_or(&[]);
+    fn referral(&self, cut: NodeIdx) -> Lookup {
+        let ns = match self.store.rrset(cut, RecordType::NS) {
+            Some(set) => self.store.records(set, &self.node_name(cut)),
+            None => Vec::new(),
+        };
         let targets = ns.iter().filter_map(|record| match &record.data {
             RData::NS(ns) => Some(&ns.0),
             _ => None,
         });
-        Lookup::Referral {
-            ns: ns.to_vec(),
-            glue: self.addresses_of(targets),
-        }
+        let glue = self.addresses_of(targets);
+        Lookup::Referral { ns, glue }
     }
 
     /// Additional-section processing (RFC 1035 §3.3.9, §3.3.11; RFC 2782): addresses of the
@@ -217,16 +226,22 @@ impl Zone {
     /// A and AAAA records owned by exactly these names (no wildcard synthesis, as resolvers
     /// would not trust it there anyway), glue included; each name once.
     fn addresses_of<'a>(&self, targets: impl Iterator<Item = &'a Name>) -> Vec<Record> {
-        // Name comparison and hashing ignore case, so targets need no lower-casing here.
+        // Name comparison and store keys ignore case, so targets need no lower-casing here.
         let mut seen: Vec<&Name> = Vec::new();
         let mut addresses = Vec::new();
+        let mut key = Vec::new();
         for target in targets {
             if !self.origin.zone_of(target) || seen.contains(&target) {
                 continue;
             }
-            if let Some(node) = self.nodes.get(target) {
+            key.clear();
+            store::push_key(self.origin_labels, target, &mut key);
+            if let Some(node) = self.store.find(&key) {
+                let owner = lower_case(target);
                 for rtype in [RecordType::A, RecordType::AAAA] {
-                    addresses.extend_from_slice(node.rrset(rtype).unwrap_or(&[]));
+                    if let Some(set) = self.store.rrset(node, rtype) {
+                        addresses.extend(self.store.records(set, &owner));
+                    }
                 }
             }
             seen.push(target);
@@ -235,16 +250,13 @@ impl Zone {
     }
 }
 
-/// Clones an RRset for the answer, rewriting the owner when a wildcard synthesized it.
-fn answer_records<'a>(
-    records: &'a [Record],
-    synthesized_owner: Option<&'a Name>,
-) -> impl Iterator<Item = Record> + 'a {
-    records.iter().map(move |record| {
-        let mut record = record.clone();
-        if let Some(owner) = synthesized_owner {
-            record.name = owner.clone();
-        }
-        record
-    })
+/// `name` in lower case: the owner a stored record has. Names on the query path are lower
+/// case already (the handler lowercases the qname, CNAME targets are lowercased here), so
+/// this is usually a plain copy.
+fn lower_case(name: &Name) -> Name {
+    if name.iter().flatten().any(u8::is_ascii_uppercase) {
+        name.to_lowercase()
+    } else {
+        name.clone()
+    }
 }

@@ -8,12 +8,13 @@
 //!
 //! It must not touch the wire: header bits, RCODEs, the SOA in the authority section,
 //! EDNS and truncation are the DNS handler's. Apart from [`Zone::load`] reading its file, it
-//! does no IO; [`Zone::lookup`] sits on the query hot path and clones only the records it
+//! does no IO; [`Zone::lookup`] sits on the query hot path and decodes only the records it
 //! returns.
 //!
 //! Layout: `load` turns hickory's parser output into validated [`Zone`]s, `source` finds the
-//! line of a problem (hickory's parser does not report positions), `lookup` walks the index,
-//! `transfer` lists the records a secondary receives (AXFR).
+//! line of a problem (hickory's parser does not report positions), `store` is the compact
+//! form a loaded zone keeps (names as canonical-order keys, records in wire form), `lookup`
+//! walks it, `transfer` lists the records a secondary receives (AXFR).
 
 // `ZoneError` carries `Name`s (about 80 bytes each, inline) so diagnoses compare in tests.
 // Every fallible function here runs at load or registration time, never per query.
@@ -23,55 +24,33 @@ mod error;
 mod load;
 mod lookup;
 mod source;
+mod store;
 #[cfg(test)]
 mod tests;
 mod transfer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 pub use error::{SourceLine, ZoneError};
 pub use lookup::Lookup;
+use store::{NodeIdx, Store};
 
 /// One authoritative zone: its records indexed by owner name.
 ///
-/// Every name that exists in the DNS sense has a `Node`: owners of records, the empty
-/// non-terminals above them, and registered GSLB names. So "does this name exist" is one map
+/// Every name that exists in the DNS sense is a node of the store: owners of records, the
+/// empty non-terminals above them, and registered GSLB names. So "does this name exist" is one
 /// probe, and wildcards are blocked exactly where RFC 4592 says.
 #[derive(Clone, Debug)]
 pub struct Zone {
     /// Lower-case, fully qualified.
     origin: Name,
+    /// Labels of `origin`: the part of a name that store keys leave out.
+    origin_labels: usize,
     soa: Record,
-    nodes: HashMap<Name, Node>,
+    store: Store,
     record_count: usize,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Node {
-    /// Sorted by type code: minimal ANY answers with the first one.
-    rrsets: Vec<Rrset>,
-    /// The highest delegation point at or above this name, if any. Such nodes are never
-    /// answered authoritatively; they hold the child's NS (at the cut) and glue (below it).
-    cut: Option<Name>,
-    /// A GSLB name: answered by the steering core, holds no zone data.
-    dynamic: bool,
-}
-
-#[derive(Clone, Debug)]
-struct Rrset {
-    rtype: RecordType,
-    records: Vec<Record>,
-}
-
-impl Node {
-    fn rrset(&self, rtype: RecordType) -> Option<&[Record]> {
-        self.rrsets
-            .iter()
-            .find(|set| set.rtype == rtype)
-            .map(|set| set.records.as_slice())
-    }
 }
 
 impl Zone {
@@ -104,11 +83,12 @@ impl Zone {
     }
 
     /// The apex NS RRset (never empty: the loader rejects a zone without it).
-    pub fn apex_ns(&self) -> &[Record] {
-        self.nodes
-            .get(&self.origin)
-            .and_then(|apex| apex.rrset(RecordType::NS))
-            .unwrap_or(&[])
+    pub fn apex_ns(&self) -> Vec<Record> {
+        self.store
+            .find(&[])
+            .and_then(|apex| self.store.rrset(apex, RecordType::NS))
+            .map(|set| self.store.records(set, &self.origin))
+            .unwrap_or_default()
     }
 
     /// Number of records loaded from the zone file, glue included.
@@ -117,12 +97,50 @@ impl Zone {
     }
 
     /// Registers a GSLB name: from now on [`Zone::lookup`] answers it with
-    /// [`Lookup::Dynamic`]. `name` is lower-cased here.
+    /// [`Lookup::Dynamic`]. See [`Zone::add_dynamic_names`], which registers many at once.
+    pub fn add_dynamic_name(&mut self, name: &Name) -> Result<(), ZoneError> {
+        self.add_dynamic_names(std::slice::from_ref(name))
+            .map_err(|(_, error)| error)
+    }
+
+    /// Registers GSLB names, in order, as repeated [`Zone::add_dynamic_name`] calls would, but
+    /// rebuilds the index once. Names are lower-cased here.
     ///
-    /// Refused when the name is outside the zone, at or below a delegation point, a wildcard,
+    /// Refused when a name is outside the zone, at or below a delegation point, a wildcard,
     /// already registered, or the owner of zone data of any type (one source of truth per
     /// name). An empty non-terminal may become a GSLB name; the names below it keep working.
-    pub fn add_dynamic_name(&mut self, name: &Name) -> Result<(), ZoneError> {
+    /// `Err` holds the position of the refused name in `names`; the names before it are
+    /// registered.
+    pub fn add_dynamic_names(&mut self, names: &[Name]) -> Result<(), (usize, ZoneError)> {
+        let mut added: Vec<Vec<u8>> = Vec::new();
+        let mut pending: HashSet<Vec<u8>> = HashSet::new();
+        let outcome = names.iter().enumerate().try_for_each(|(index, name)| {
+            self.check_dynamic(name, &mut pending, &mut added)
+                .map_err(|error| (index, error))
+        });
+        added.sort_unstable();
+        self.store
+            .insert_dynamic(&added)
+            .map_err(|store::TooLarge| {
+                let error = ZoneError::TooLarge {
+                    at: SourceLine {
+                        file: None,
+                        line: None,
+                    },
+                };
+                (0, error)
+            })?;
+        outcome
+    }
+
+    /// One name of [`Zone::add_dynamic_names`]: an existing empty non-terminal is marked at
+    /// once, a new name goes to `added` (`pending` holds the same keys, for lookup).
+    fn check_dynamic(
+        &mut self,
+        name: &Name,
+        pending: &mut HashSet<Vec<u8>>,
+        added: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ZoneError> {
         let mut name = name.to_lowercase();
         name.set_fqdn(true);
         if !self.origin.zone_of(&name) {
@@ -134,39 +152,58 @@ impl Zone {
         if name.is_wildcard() {
             return Err(ZoneError::DynamicWildcard { name });
         }
-        if let Some(cut) = self.enclosing_cut(&name) {
+        let key = self.key_of(&name);
+        if let Some(cut) = self.enclosing_cut(&key) {
             return Err(ZoneError::DynamicBelowCut { name, cut });
         }
-        if let Some(node) = self.nodes.get(&name) {
-            if node.dynamic {
-                return Err(ZoneError::DynamicDuplicate { name });
-            }
-            if let Some(set) = node.rrsets.first() {
-                return Err(ZoneError::DynamicHasData {
+        match self.store.find(&key) {
+            Some(node) if self.store.is_dynamic(node) => Err(ZoneError::DynamicDuplicate { name }),
+            Some(node) => match self.store.rrsets(node).first() {
+                Some(set) => Err(ZoneError::DynamicHasData {
                     name,
-                    rtype: set.rtype,
-                });
+                    rtype: set.rtype(),
+                }),
+                None => {
+                    self.store.set_dynamic(node);
+                    Ok(())
+                }
+            },
+            None if pending.contains(&key) => Err(ZoneError::DynamicDuplicate { name }),
+            None => {
+                pending.insert(key.clone());
+                added.push(key);
+                Ok(())
             }
         }
-        load::insert_with_ancestors(&mut self.nodes, &self.origin, &name).dynamic = true;
-        Ok(())
     }
 
-    /// The delegation point at or above `name` (in the zone), even when `name` itself does not
+    /// The store key of `name`, which must be inside the zone.
+    fn key_of(&self, name: &Name) -> Vec<u8> {
+        let mut key = Vec::with_capacity(32);
+        store::push_key(self.origin_labels, name, &mut key);
+        key
+    }
+
+    /// The delegation point at or above the name of `key`, even when that name does not
     /// exist.
-    fn enclosing_cut(&self, name: &Name) -> Option<Name> {
-        let mut candidate = name.clone();
-        while self.origin.zone_of(&candidate) {
-            if let Some(node) = self.nodes.get(&candidate) {
+    fn enclosing_cut(&self, key: &[u8]) -> Option<Name> {
+        let mut candidate = Some(key);
+        while let Some(key) = candidate {
+            if let Some(node) = self.store.find(key) {
                 // Nodes carry their cut, and every ancestor of a node is a node too.
-                return node.cut.clone();
+                return self
+                    .store
+                    .cut(node)
+                    .map(|cut| self.store.name(cut, &self.origin));
             }
-            if candidate.is_root() {
-                break;
-            }
-            candidate = candidate.base_name();
+            candidate = store::parent_key(key);
         }
         None
+    }
+
+    /// The owner name of a node.
+    fn node_name(&self, node: NodeIdx) -> Name {
+        self.store.name(node, &self.origin)
     }
 }
 

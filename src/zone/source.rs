@@ -59,23 +59,20 @@ pub(super) fn entry_starts(text: &str) -> Vec<EntryStart> {
     scan(text).starts
 }
 
-/// The line of the first quoted string inside a `( … )` group, if any.
-///
-/// hickory 0.26's lexer does not recognise quotes inside a group: `( "a b" )` becomes the two
-/// strings `"a` and `b"`, and a `;` inside the quotes starts a comment. Rather than serve
-/// mangled TXT data, the loader rejects such text.
-pub(super) fn quote_in_group(text: &str) -> Option<usize> {
-    scan(text).quote_in_group
-}
-
-struct Scan {
-    starts: Vec<EntryStart>,
-    quote_in_group: Option<usize>,
+pub(super) struct Scan {
+    /// As [`entry_starts`] returns them.
+    pub starts: Vec<EntryStart>,
+    /// The line of the first quoted string inside a `( … )` group, if any.
+    ///
+    /// hickory 0.26's lexer does not recognise quotes inside a group: `( "a b" )` becomes the
+    /// two strings `"a` and `b"`, and a `;` inside the quotes starts a comment. Rather than
+    /// serve mangled TXT data, the loader rejects such text.
+    pub quote_in_group: Option<usize>,
 }
 
 /// Tracks just enough of RFC 1035 §5.1 lexing to know when a newline ends an entry: quoted
 /// strings, `\` escapes, `;` comments and `( … )` groups.
-fn scan(text: &str) -> Scan {
+pub(super) fn scan(text: &str) -> Scan {
     let mut quote_in_group = None;
     let mut starts = vec![EntryStart { offset: 0, line: 1 }];
     let (mut depth, mut quoted, mut comment, mut escaped) = (0_u32, false, false, false);

@@ -801,11 +801,10 @@ fn bundled_big_answers_exceed_the_udp_payload_limit() {
 #[test]
 fn bundled_records_round_trip() {
     let zone = example_zone();
-    let mut records: Vec<&Record> = zone
-        .nodes
-        .values()
-        .flat_map(|node| node.rrsets.iter().flat_map(|set| set.records.iter()))
+    let all: Vec<Record> = std::iter::once(zone.soa().clone())
+        .chain(zone.transfer_body())
         .collect();
+    let mut records: Vec<&Record> = all.iter().collect();
     assert_eq!(records.len(), zone.record_count());
     records.sort_by_key(|r| {
         (
@@ -829,11 +828,12 @@ fn bundled_records_round_trip() {
     let text: String = printable.iter().map(|r| format!("{r}\n")).collect();
     let reparsed = Zone::parse(&name("example.test."), &text, None).unwrap();
     assert_eq!(reparsed.record_count(), printable.len());
+    let reparsed: Vec<Record> = std::iter::once(reparsed.soa().clone())
+        .chain(reparsed.transfer_body())
+        .collect();
     for record in printable {
-        let node = reparsed.nodes.get(&record.name).unwrap();
-        let set = node.rrset(record.record_type()).unwrap();
         assert!(
-            set.iter().any(|r| r == *record && r.ttl == record.ttl),
+            reparsed.iter().any(|r| r == *record && r.ttl == record.ttl),
             "{record} did not survive:\n{text}"
         );
     }
@@ -965,6 +965,175 @@ proptest! {
         if let Lookup::Dynamic { name: dynamic, .. } = &lookup {
             prop_assert_eq!(dynamic, &name("api.example.test."));
             prop_assert_eq!(dynamic, &owner);
+        }
+    }
+}
+
+/// Everything a loaded zone holds, node by node in canonical order, in a form that compares
+/// case-sensitively (`Name` equality ignores case).
+fn fingerprint(zone: &Zone) -> Vec<String> {
+    let store = &zone.store;
+    let mut out = vec![format!("{:?} {}", zone.soa(), zone.record_count())];
+    for node in 0..store.len() as store::NodeIdx {
+        let owner = zone.node_name(node);
+        let cut = store.cut(node).map(|cut| zone.node_name(cut));
+        out.push(format!(
+            "{owner:?} dynamic={} cut={cut:?}",
+            store.is_dynamic(node)
+        ));
+        for set in store.rrsets(node) {
+            out.extend(
+                store
+                    .records(set, &owner)
+                    .iter()
+                    .map(|record| format!("  {record:?}")),
+            );
+        }
+    }
+    out
+}
+
+/// A text that exercises the parser state a chunk boundary must carry: blank owners, `@`,
+/// `$ORIGIN` and `$TTL` changes, last-TTL inheritance, groups and quoted strings.
+fn stateful_zone_text(entries: usize) -> String {
+    let mut text = String::from(
+        "$ORIGIN example.test.\n@ 3600 IN SOA ns1 hostmaster (\n  1 ; serial\n  7200 1800 1209600 300 )\n\tNS ns1\n\tNS ns2.example.test.\nns1 A 192.0.2.1\n",
+    );
+    for i in 0..entries {
+        let line = match i % 13 {
+            // Two records of one RRset: chunk boundaries fall between them too.
+            0 => format!("h{i} A 192.0.2.{}\nh{i} A 192.0.2.251", i % 250),
+            1 => format!("\t{} AAAA 2001:db8::{i:x}", 60 + i % 7),
+            2 => format!("\tTXT \"entry {i}; with ( specials\" plain{i}"),
+            3 => "$TTL 120".to_string(),
+            4 => format!("Mixed{i}.Sub  IN  MX 10 Mail{i}"),
+            5 => "$ORIGIN sub.example.test.".to_string(),
+            6 => format!("s{i} CNAME h{}.example.test.", i.saturating_sub(6)),
+            7 => format!("$ORIGIN o{i}.example.test.\n@ TXT at-{i}"),
+            8 => "$ORIGIN example.test.".to_string(),
+            9 => format!("; comment {i}"),
+            10 => String::new(),
+            11 => format!("*.w{i} 30 A 198.51.100.{}", i % 250),
+            _ => format!("d{i} NS ns.d{i}\nns.d{i} A 203.0.113.{}", i % 250),
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+/// The chunked pass gives exactly the whole-text result, whatever the chunk size, and does
+/// not fall back on an ordinary zone.
+#[test]
+fn chunks_parse_as_the_whole_text_does() {
+    let origin = name("example.test.");
+    let text = stateful_zone_text(200);
+    let whole = fingerprint(&Zone::parse_in(&origin, &text, None, usize::MAX).unwrap());
+    assert!(whole.len() > 200);
+    // A first chunk of one entry holds only `$ORIGIN`: no owner to carry yet.
+    for chunk_entries in [2, 3, 5, 8, 64] {
+        let chunked = load::parse_chunked_only(&origin, &text, chunk_entries)
+            .unwrap_or_else(|| panic!("fell back with chunks of {chunk_entries}"));
+        assert_eq!(fingerprint(&chunked), whole, "chunks of {chunk_entries}");
+    }
+    // No $TTL at all: every record without a TTL takes the last explicit one.
+    let no_default: String =
+        text.lines()
+            .filter(|l| !l.starts_with("$TTL"))
+            .fold(String::new(), |mut out, line| {
+                out.push_str(line);
+                out.push('\n');
+                out
+            });
+    let whole = fingerprint(&Zone::parse_in(&origin, &no_default, None, usize::MAX).unwrap());
+    let chunked = load::parse_chunked_only(&origin, &no_default, 3).unwrap();
+    assert_eq!(fingerprint(&chunked), whole);
+}
+
+/// A second SOA, a sentinel look-alike in the text, or a problem anywhere:
+/// the chunked pass declines, and `parse` answers as the whole text does.
+#[test]
+fn chunks_decline_what_they_cannot_vouch_for() {
+    let origin = name("example.test.");
+    let base = stateful_zone_text(40);
+    let second_soa = format!("{base}example.test. 60 SOA ns1 hm 2 2 3 4 5\n");
+    let lookalike = format!("{base}x TXT meridian-zone-chunk-state-1\n");
+    let broken = format!("{base}x A not-an-address\n");
+    let mismatch = format!("{base}h0.example.test. 99 A 192.0.2.99\n");
+    for text in [&second_soa, &lookalike, &broken, &mismatch] {
+        assert!(load::parse_chunked_only(&origin, text, 4).is_none());
+        let whole = Zone::parse_in(&origin, text, None, usize::MAX).map(|z| fingerprint(&z));
+        let chunked = Zone::parse_in(&origin, text, None, 4).map(|z| fingerprint(&z));
+        assert_eq!(chunked, whole);
+    }
+}
+
+fn zone_line() -> impl Strategy<Value = String> {
+    let owner = prop::sample::select(vec![
+        "",
+        "@",
+        "a",
+        "B",
+        "a.b",
+        "*.w",
+        "x.example.test.",
+        "Deep.a.b",
+        "w",
+    ]);
+    let ttl = prop::sample::select(vec!["", "60 ", "300 "]);
+    let class = prop::sample::select(vec!["", "IN "]);
+    let data = prop::sample::select(vec![
+        "A 192.0.2.1",
+        "A 192.0.2.2",
+        "AAAA 2001:db8::1",
+        "TXT \"one two\"",
+        "TXT plain",
+        "MX 10 a",
+        "CNAME a",
+        "NS ns.a",
+        "SRV 1 2 3 a",
+    ]);
+    let directive = prop::sample::select(vec![
+        "$TTL 90",
+        "$ORIGIN example.test.",
+        "$ORIGIN b.example.test.",
+        "; just a comment",
+        "",
+    ]);
+    prop_oneof![
+        4 => (owner, ttl, class, data).prop_map(|(owner, ttl, class, data)| {
+            let owner = if owner.is_empty() { "\t" } else { owner };
+            format!("{owner} {ttl}{class}{data}")
+        }),
+        1 => directive.prop_map(str::to_string),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Chunked parsing never changes the outcome: the same zone, or the same error.
+    #[test]
+    fn chunking_never_changes_the_outcome(
+        lines in prop::collection::vec(zone_line(), 1..40),
+        chunk_entries in 1usize..6,
+        default_ttl in any::<bool>(),
+    ) {
+        let mut text = String::from("$ORIGIN example.test.\n");
+        if default_ttl {
+            text.push_str("$TTL 3600\n");
+        }
+        text.push_str("@ 3600 SOA ns hm 1 2 3 4 5\n@ NS ns\n");
+        for line in &lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let origin = name("example.test.");
+        let whole = Zone::parse_in(&origin, &text, None, usize::MAX).map(|z| fingerprint(&z));
+        let chunked = Zone::parse_in(&origin, &text, None, chunk_entries).map(|z| fingerprint(&z));
+        prop_assert_eq!(&chunked, &whole, "{}", text);
+        if let Some(zone) = load::parse_chunked_only(&origin, &text, chunk_entries) {
+            prop_assert_eq!(Ok(fingerprint(&zone)), whole);
         }
     }
 }

@@ -4,31 +4,31 @@
 use hickory_proto::rr::{Record, RecordType};
 
 use super::Zone;
+use super::store::NodeIdx;
 
 impl Zone {
     /// Every record loaded from the zone file except the apex SOA, in canonical name order
     /// (RFC 4034 §6.1), RRsets of one name by type code: delegation NS records and their glue
     /// included, as a secondary must serve the same referrals. GSLB names hold no zone data
-    /// and contribute nothing here.
+    /// and contribute nothing here. `record_count() - 1` records.
     ///
     /// A transfer is this body between two copies of [`Zone::soa`]. The order is
-    /// deterministic, so two transfers of one snapshot are identical.
-    pub fn transfer_body(&self) -> Vec<&Record> {
-        let mut owners: Vec<_> = self
-            .nodes
-            .iter()
-            .filter(|(_, node)| !node.rrsets.is_empty())
-            .collect();
-        owners.sort_unstable_by_key(|(name, _)| *name);
-        let mut records = Vec::with_capacity(self.record_count);
-        for (_, node) in owners {
-            for set in &node.rrsets {
-                if set.rtype != RecordType::SOA {
-                    records.extend(set.records.iter());
-                }
+    /// deterministic, so two transfers of one snapshot are identical. Records are decoded
+    /// from the compact store as the iterator goes.
+    pub fn transfer_body(&self) -> impl Iterator<Item = Record> + '_ {
+        (0..self.store.len()).flat_map(move |node| {
+            let node = node as NodeIdx;
+            let rrsets = self.store.rrsets(node);
+            if rrsets.is_empty() {
+                return Vec::new();
             }
-        }
-        records
+            let owner = self.node_name(node);
+            rrsets
+                .iter()
+                .filter(|set| set.rtype() != RecordType::SOA)
+                .flat_map(|set| self.store.records(set, &owner))
+                .collect()
+        })
     }
 }
 
@@ -49,7 +49,7 @@ mod tests {
         // A GSLB name adds a node but no records.
         zone.add_dynamic_name(&Name::from_ascii("api.example.test.").unwrap())
             .unwrap();
-        let body = zone.transfer_body();
+        let body: Vec<_> = zone.transfer_body().collect();
         assert_eq!(body.len(), zone.record_count() - 1);
         assert!(body.iter().all(|r| r.record_type() != RecordType::SOA));
         assert!(
@@ -69,6 +69,10 @@ mod tests {
                 .iter()
                 .any(|r| r.name.to_string() == "api.example.test.")
         );
-        assert_eq!(body, example().transfer_body(), "deterministic");
+        assert_eq!(
+            body,
+            example().transfer_body().collect::<Vec<_>>(),
+            "deterministic"
+        );
     }
 }
