@@ -333,10 +333,10 @@ fn serial_is_older(theirs: u32, ours: u32) -> bool {
 
 /// SOA, zone data, GSLB fallbacks, SOA.
 fn transfer_records(snapshot: &Snapshot, zone: &Zone) -> Vec<Record> {
-    let body = zone.transfer_body();
-    let mut records = Vec::with_capacity(body.len() + 2);
+    // The body is every record but the SOA, which goes first and last.
+    let mut records = Vec::with_capacity(zone.record_count() + 1);
     records.push(zone.soa().clone());
-    records.extend(body.into_iter().cloned());
+    records.extend(zone.transfer_body());
     let config = &snapshot.config;
     for gslb in config.gslb.iter().filter(|g| g.zone == *zone.origin()) {
         records.extend(static_fallback(config, gslb));
@@ -612,7 +612,7 @@ mod tests {
     fn a_large_zone_is_cut_into_messages_within_the_budget_that_reassemble() {
         let zone = zone_with(5_000);
         let mut records = vec![zone.soa().clone()];
-        records.extend(zone.transfer_body().into_iter().cloned());
+        records.extend(zone.transfer_body());
         records.push(zone.soa().clone());
         let messages = pack(&axfr_query(), &records).unwrap();
         assert!(messages.len() > 1, "{} messages", messages.len());
@@ -642,7 +642,7 @@ mod tests {
         );
         let zone = Zone::parse(&Name::from_ascii("big.test.").unwrap(), &text, None).unwrap();
         let mut records = vec![zone.soa().clone()];
-        records.extend(zone.transfer_body().into_iter().cloned());
+        records.extend(zone.transfer_body());
         records.push(zone.soa().clone());
         let messages = pack(&axfr_query(), &records).unwrap();
         let sizes: Vec<usize> = messages.iter().map(Vec::len).collect();
