@@ -33,7 +33,7 @@
 # but the server during the load runs (from /proc/stat): on a shared machine, the noise gauge.
 #
 # Environment: BENCH_SECONDS (10), REPETITIONS (3), LATENCY_QPS (20000), LATENCY_SECONDS (5),
-# ECS_SUBNETS (4096), SERVERS ("meridian gdnsd knot"), GEOIP_DB (default: the synthetic
+# ECS_SUBNETS (4096), SERVERS ("meridian gdnsd knot"), WORKLOADS (all four), GEOIP_DB (default: the synthetic
 # database of benches/support/synthetic_geoip.rs, 300k IPv4 + 100k IPv6 networks),
 # KEEP_WORK=1 to keep the temporary folder. Traffic goes to 127.0.0.1 only; every server is
 # stopped when the script exits, however it exits.
@@ -70,7 +70,7 @@ else
   load_limit=()
   profile=release
 fi
-workloads="static-udp gslb-udp gslb-ecs-udp static-tcp"
+workloads=${WORKLOADS:-"static-udp gslb-udp gslb-ecs-udp static-tcp"}
 target=${CARGO_TARGET_DIR:-target}/$profile
 
 work=$(mktemp -d /tmp/meridian-peers.XXXXXX)
