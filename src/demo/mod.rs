@@ -386,9 +386,8 @@ fn backend_slot(region: &str, index: usize) -> Option<usize> {
 }
 
 /// The node starts before the relays, so its own probe may have marked regions down in the
-/// meantime, and a relay's first reports carry no headroom until it has scraped its backends
-/// (so the region spills). "Ready" means every region reports up and not spilling
-/// (hysteresis included), so the first answers a newcomer sees are the steady-state ones.
+/// meantime. "Ready" means every region reports up and not spilling (hysteresis included),
+/// so the first answers a newcomer sees are the steady-state ones.
 async fn wait_until_all_up(store: &SnapshotStore, limit: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {

@@ -412,6 +412,13 @@ where
     }
 }
 
+/// By when every backend's first scrape has been answered or given up on: the first one
+/// starts within `min(scrape_interval, MAX_FIRST_DELAY)` and takes at most the longest probe
+/// timeout.
+pub fn first_scrape_within(config: &RelayConfig) -> Duration {
+    config.scrape_interval.min(MAX_FIRST_DELAY) + PROBE_TIMEOUT.1
+}
+
 /// Spreads backends evenly over `0..1` (the golden-ratio sequence), the same on every run.
 fn phase(idx: BackendIdx) -> f64 {
     const GOLDEN: f64 = 0.618_033_988_749_894_9;

@@ -204,9 +204,18 @@ impl RelayHandle {
             let build = {
                 let (config, proxy, stats) = (config.clone(), proxy.clone(), stats.clone());
                 let paused = reports_paused.clone();
+                let warm_until = Instant::now() + probe::first_scrape_within(&config);
                 move |sequence| {
                     // Paused for an unplanned drill: the DNS tier must see silence.
                     if paused.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    // Before the first scrape a backend's headroom counts as zero: a report
+                    // then would make the DNS tier spill the region away for several reports.
+                    // Silence is read as `unknown`, which still serves; bounded, so a backend
+                    // whose metrics never answer cannot keep the region silent.
+                    let now = Instant::now();
+                    if now < warm_until && proxy.pool().awaiting_first_scrape() {
                         return None;
                     }
                     Some(report::build(

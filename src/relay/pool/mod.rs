@@ -401,6 +401,18 @@ impl Pool {
     }
 
     /// The live members, in index order.
+    /// Whether a live, undrained backend that publishes load signals has never been scraped:
+    /// until then its headroom counts as zero (unknown load), so a report would understate
+    /// the region.
+    pub fn awaiting_first_scrape(&self) -> bool {
+        indexed(&self.roster.load().slots).any(|(_, slot)| {
+            !slot.removed
+                && !slot.member.drained.load(Ordering::Relaxed)
+                && publishes_signals(slot.config.kind)
+                && lock(&slot.member.state).signals.is_none()
+        })
+    }
+
     pub fn live(&self) -> Vec<LiveBackend> {
         indexed(&self.roster.load().slots)
             .filter(|(_, slot)| !slot.removed)

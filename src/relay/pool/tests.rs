@@ -1472,3 +1472,33 @@ proptest! {
         prop_assert_eq!(pool.views(t0).len(), pool.live().len());
     }
 }
+
+#[test]
+fn the_first_scrape_is_awaited_only_from_backends_that_publish_signals() {
+    let t0 = Instant::now();
+    let ollama = backend("ollama", BackendKind::Ollama, &[M], 4);
+    let drained = Backend {
+        drained: true,
+        ..backend("drained", BackendKind::Vllm, &[M], 10)
+    };
+    let pool = Pool::new(&config(vec![
+        backend("v0", BackendKind::Vllm, &[M], 10),
+        backend("v1", BackendKind::Vllm, &[M], 10),
+        ollama,
+        drained,
+    ]));
+    assert!(pool.awaiting_first_scrape(), "nothing scraped yet");
+    pool.update_signals(b(0), running(1.0), t0);
+    assert!(pool.awaiting_first_scrape(), "v1 not scraped yet");
+    pool.update_signals(b(1), running(1.0), t0);
+    // Ollama publishes nothing (its in-flight count is always fresh) and a drained backend
+    // adds no headroom either way: neither is waited for.
+    assert!(!pool.awaiting_first_scrape());
+    let only_ollama = Pool::new(&config(vec![backend(
+        "ollama",
+        BackendKind::Ollama,
+        &[M],
+        4,
+    )]));
+    assert!(!only_ollama.awaiting_first_scrape());
+}
