@@ -534,6 +534,11 @@ async fn soak_under_faults_loses_nothing() {
     // so what grows after it is what the soak accumulates.
     let warm_up = (length / 4).min(Duration::from_secs(30));
     let mut rss_start = None;
+    // RSS every `RSS_SAMPLE_EVERY`, printed with the report: a curve that levels off is
+    // allocator arenas and tables filling up, one that keeps climbing is a leak.
+    const RSS_SAMPLE_EVERY: Duration = Duration::from_secs(15);
+    let mut rss_samples: Vec<u64> = Vec::new();
+    let mut next_rss_sample = Duration::ZERO;
     loop {
         tick.tick().await;
         let now = started.elapsed();
@@ -542,6 +547,10 @@ async fn soak_under_faults_loses_nothing() {
         }
         if rss_start.is_none() && now >= warm_up {
             rss_start = Some(rss_kib());
+        }
+        if now >= next_rss_sample {
+            next_rss_sample += RSS_SAMPLE_EVERY;
+            rss_samples.push(rss_kib() / 1024);
         }
         if now >= next_reload {
             next_reload += Duration::from_secs(1);
@@ -707,6 +716,7 @@ async fn soak_under_faults_loses_nothing() {
         rss_start / 1024,
         rss_end / 1024
     );
+    println!("  RSS every {RSS_SAMPLE_EVERY:?} (MiB): {:?}", rss_samples);
 
     assert!(dns.sent > 0, "the DNS load ran");
     assert_eq!(dns.lost(), 0, "every DNS query answered: {dns:?}");
