@@ -828,7 +828,7 @@ fn relay_report_fits_a_frame_whatever_the_client_prefixes() {
             0,
             1,
         );
-        stats.record_client_rtt(
+        let _ = stats.record_client_rtt(
             client.into(),
             Duration::from_micros(123_456_789 + u64::from(i)),
             now,
@@ -836,7 +836,7 @@ fn relay_report_fits_a_frame_whatever_the_client_prefixes() {
     }
     let busy = Ipv6Addr::new(0x2001, 0x0db8, 0xaaaa, 0, 0, 0, 0, 1);
     for _ in 0..5 {
-        stats.record_client_rtt(busy.into(), Duration::from_millis(20), now);
+        let _ = stats.record_client_rtt(busy.into(), Duration::from_millis(20), now);
     }
     let report = report::build(&config, &pool, &stats, false, 1, now);
     assert!(!report.client_rtt.is_empty());

@@ -78,6 +78,7 @@ pub struct RelayMetrics {
     reloads: Family<ReloadLabels, Counter>,
     connections_refused: Family<ListenerLabels, Counter>,
     admin_auth_failures: Counter,
+    client_rtt_evictions: Counter,
 }
 
 fn first_byte_histogram() -> Histogram {
@@ -116,6 +117,7 @@ impl RelayMetrics {
             reloads: Family::default(),
             connections_refused: Family::default(),
             admin_auth_failures: Counter::default(),
+            client_rtt_evictions: Counter::default(),
         };
         registry.register(
             "responses",
@@ -136,6 +138,11 @@ impl RelayMetrics {
             "connections_refused",
             "Connections closed or refused at accept because the listener (https, plain, h3, admin) was at its connection cap",
             metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "client_rtt_evictions",
+            "Client prefixes dropped from the RTT table (the least recently seen) to make room for a new one",
+            metrics.client_rtt_evictions.clone(),
         );
         registry.register(
             "admin_auth_failures",
@@ -265,6 +272,10 @@ impl RelayMetrics {
         self.connections_refused
             .get_or_create(&ListenerLabels { listener })
             .inc();
+    }
+
+    pub fn client_rtt_evicted(&self) {
+        self.client_rtt_evictions.inc();
     }
 
     pub fn admin_auth_failed(&self) {

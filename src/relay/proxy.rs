@@ -119,8 +119,10 @@ impl Proxy {
 
     async fn handle(self: Arc<Self>, request: Request<Body>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
-        if let Some(rtt) = conn.rtt {
-            self.stats.record_client_rtt(conn.peer.ip(), rtt, started);
+        if let Some(rtt) = conn.rtt
+            && self.stats.record_client_rtt(conn.peer.ip(), rtt, started)
+        {
+            self.metrics.client_rtt_evicted();
         }
         let path = request.uri().path().to_string();
         let result = match (request.method(), path.as_str()) {

@@ -109,8 +109,10 @@ impl RequestStats {
     }
 
     /// RTT measured on a client connection, aggregated per /24 (IPv4) or /48 (IPv6) — the
-    /// granularity the DNS tier's latency map steers by.
-    pub fn record_client_rtt(&self, client: IpAddr, rtt: Duration, now: Instant) {
+    /// granularity the DNS tier's latency map steers by. Returns whether a new prefix pushed
+    /// out the least recently seen one (the table holds `MAX_PREFIXES`).
+    #[must_use = "an eviction is counted by the caller's metrics"]
+    pub fn record_client_rtt(&self, client: IpAddr, rtt: Duration, now: Instant) -> bool {
         let prefix = client_prefix(client);
         let mut table = self.rtt.lock().unwrap_or_else(|p| p.into_inner());
         let sample = rtt.as_secs_f64() * 1000.0;
@@ -118,8 +120,9 @@ impl RequestStats {
             entry.ewma_ms += RTT_EWMA_WEIGHT * (sample - entry.ewma_ms);
             entry.samples += 1;
             entry.last_seen = now;
-            return;
+            return false;
         }
+        let mut evicted = false;
         if table.len() >= MAX_PREFIXES
             && let Some(oldest) = table
                 .iter()
@@ -127,6 +130,7 @@ impl RequestStats {
                 .map(|(prefix, _)| *prefix)
         {
             table.remove(&oldest);
+            evicted = true;
         }
         table.insert(
             prefix,
@@ -136,6 +140,7 @@ impl RequestStats {
                 last_seen: now,
             },
         );
+        evicted
     }
 
     pub fn latency(&self, now: Instant) -> HashMap<String, ModelLatency> {
@@ -316,13 +321,14 @@ mod tests {
     fn rtt_is_averaged_per_prefix_and_the_table_is_capped() {
         let stats = RequestStats::default();
         let now = Instant::now();
-        stats.record_client_rtt("192.0.2.1".parse().unwrap(), Duration::from_millis(10), now);
-        stats.record_client_rtt(
+        let _ =
+            stats.record_client_rtt("192.0.2.1".parse().unwrap(), Duration::from_millis(10), now);
+        let _ = stats.record_client_rtt(
             "192.0.2.99".parse().unwrap(),
             Duration::from_millis(20),
             now,
         );
-        stats.record_client_rtt(
+        let _ = stats.record_client_rtt(
             "::ffff:192.0.2.7".parse().unwrap(),
             Duration::from_millis(10),
             now,
@@ -333,10 +339,14 @@ mod tests {
         assert_eq!(table[0].samples, 3);
         assert!(table[0].rtt_ms > 10.0 && table[0].rtt_ms < 20.0);
 
+        let mut evictions = 0;
         for i in 0..(MAX_PREFIXES as u32 + 10) {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 + (i << 8));
-            stats.record_client_rtt(IpAddr::V4(ip), Duration::from_millis(1), now);
+            evictions +=
+                u32::from(stats.record_client_rtt(IpAddr::V4(ip), Duration::from_millis(1), now));
         }
         assert!(stats.client_rtt(now).len() <= MAX_PREFIXES);
+        // The table already held 192.0.2.0/24: 1 + 4106 prefixes for 4096 places.
+        assert_eq!(evictions, 11);
     }
 }
