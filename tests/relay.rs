@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
-use meridian::sim_backend::{FaultMode, TOKENS_BEFORE_DEATH};
+use meridian::sim_backend::{ControlChange, FaultMode, TOKENS_BEFORE_DEATH};
 use relay_support::*;
 
 /// The whole text of a streamed response, from its first chunk on.
@@ -633,6 +633,55 @@ async fn deep_probe_takes_out_a_backend_whose_generation_hangs() {
         )
     };
     assert_eq!((responses("a"), responses("b")), (0.0, 10.0), "{metrics}");
+}
+
+/// A retry with no available backend left goes to one held out only by passive ejection (a
+/// guess from recent failures) rather than answering 502: here `b` was ejected for a 500 and
+/// has recovered, and `a`, the only available one, refuses connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_nothing_else_left_goes_to_an_ejected_backend() {
+    let a = sim(&[MODEL], |_| {}).await;
+    let b = sim(&[MODEL], |args| args.fail_rate = 1.0).await;
+    let relay = TestRelay::start(
+        &[
+            backend("a", a.url(), &[MODEL], 4),
+            backend("b", b.url(), &[MODEL], 4),
+        ],
+        &format!("{QUIET_HEALTH}eject_after_failures = 1\nbase_ejection_ms = 300000\n"),
+    )
+    .await;
+
+    let mut client = relay.client(Proto::H1).await;
+    let mut sent = 0;
+    while relay.backend_view("b").await["ejected_for_ms"].is_null() {
+        assert!(sent < 40, "b was never ejected");
+        let _ = client.chat(MODEL, false, 2).await.unwrap().text().await;
+        sent += 1;
+    }
+    b.control(ControlChange {
+        fail_rate: Some(0.0),
+        ..ControlChange::default()
+    })
+    .unwrap();
+    a.shutdown().await.unwrap();
+    assert_eq!(relay.backend_view("a").await["available"], true);
+
+    let served_before = b.stats().completed;
+    let mut response = client.chat(MODEL, false, 2).await.unwrap();
+    let text = response.text().await.unwrap();
+    assert_eq!(response.status, StatusCode::OK, "{text}");
+    assert!(text.contains("tok2"), "{text}");
+    assert_eq!(b.stats().completed, served_before + 1, "b served it");
+    let metrics = relay.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "meridian_relay_retries_total",
+            &[("backend", "b")]
+        ),
+        1.0,
+        "{metrics}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
