@@ -733,30 +733,10 @@ mod relay_support;
 
 const RELAY_TOKEN: &str = "7c1e0b9d4a2f6e8c3b5d7f9a1c3e5b7d";
 
-/// A private token file in `dir`.
-fn relay_token_file(dir: &std::path::Path, mode: u32) -> PathBuf {
-    let path = dir.join("relay-admin.token");
-    std::fs::write(&path, format!("{RELAY_TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_admin_calls_that_change_the_relay_need_the_token() {
     let scratch = tempfile::tempdir().unwrap();
-    let token_file = relay_token_file(scratch.path(), 0o600);
-    let port = relay_support::closed_port();
-    let mut relay = relay_support::TestRelay::start_with(
-        &[relay_support::backend(
-            "a",
-            format!("http://127.0.0.1:{port}"),
-            &["m"],
-            4,
-        )],
-        &format!("admin_token_file = {:?}", token_file.to_str().unwrap()),
-        "",
-    )
-    .await;
+    let mut relay = relay_support::relay_with_admin_token(scratch.path(), RELAY_TOKEN).await;
     let admin = relay.admin;
     let bearer = format!("Bearer {RELAY_TOKEN}");
     let wrong = format!("Bearer {RELAY_TOKEN}0");
@@ -905,7 +885,7 @@ fn an_exposed_relay_admin_listener_or_token_file_is_refused_with_exit_64() {
     }
 
     // A token file others can read: refused the same way, without showing the token.
-    let token = relay_token_file(dir.path(), 0o644);
+    let token = relay_support::admin_token_file(dir.path(), RELAY_TOKEN, 0o644);
     let config = relay_config_file(
         dir.path(),
         "admin_listen = \"0.0.0.0:0\"\nadmin_token_file = \"relay-admin.token\"",

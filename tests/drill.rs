@@ -634,29 +634,14 @@ mod relay_support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drill_presents_the_relay_admin_token() {
-    use std::os::unix::fs::PermissionsExt as _;
-
     use meridian::{
         admin::{AdminToken, client::AdminClient},
         drill::{AdminControl, http::HttpCaller},
     };
 
     let dir = tempfile::tempdir().unwrap();
+    let mut relay = relay_support::relay_with_admin_token(dir.path(), "drill-relay-token-42").await;
     let token_file = dir.path().join("relay-admin.token");
-    std::fs::write(&token_file, "drill-relay-token-42\n").unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let port = relay_support::closed_port();
-    let mut relay = relay_support::TestRelay::start_with(
-        &[relay_support::backend(
-            "a",
-            format!("http://127.0.0.1:{port}"),
-            &["m"],
-            1,
-        )],
-        &format!("admin_token_file = {:?}", token_file.to_str().unwrap()),
-        "",
-    )
-    .await;
     let relay_admin = format!("http://{}", relay.admin);
     // The DNS side is not called here.
     let dns_admin = || AdminClient::new("http://127.0.0.1:9", None).unwrap();

@@ -11,7 +11,7 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -132,6 +132,32 @@ interval_ms = 600000
 deep_interval_ms = 600000
 deep_timeout_ms = 60000
 ";
+
+/// Writes `token` to `relay-admin.token` in `dir` with `mode` (0600 for a usable one).
+pub fn admin_token_file(dir: &Path, token: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("relay-admin.token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// A relay whose admin API needs `token` (from a 0600 file in `dir`), in front of one backend
+/// that refuses connections: for tests of the admin surface, not of proxying.
+pub async fn relay_with_admin_token(dir: &Path, token: &str) -> TestRelay {
+    let token_file = admin_token_file(dir, token, 0o600);
+    TestRelay::start_with(
+        &[backend(
+            "a",
+            format!("http://127.0.0.1:{}", closed_port()),
+            &["m"],
+            4,
+        )],
+        &format!("admin_token_file = {:?}", token_file.to_str().unwrap()),
+        "",
+    )
+    .await
+}
 
 /// A relay serving on loopback, its certificate files in a scratch folder.
 pub struct TestRelay {
