@@ -687,18 +687,6 @@ fn assert_one_rrset(response: &Message, qname: &str) {
     );
 }
 
-/// A query as raw bytes, with or without EDNS (and then with this payload size).
-fn raw_query(id: u16, qname: &str, qtype: RecordType, payload: Option<u16>) -> Vec<u8> {
-    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
-    message.add_query(Query::query(name(qname), qtype));
-    if let Some(payload) = payload {
-        let mut edns = Edns::new();
-        edns.set_max_payload(payload);
-        message.set_edns(edns);
-    }
-    message.to_vec().unwrap()
-}
-
 async fn raw_exchange(addr: SocketAddr, packet: &[u8]) -> (Vec<u8>, Message) {
     let bytes = raw_udp(addr, packet, WAIT)
         .await

@@ -19,7 +19,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use common::{Scratch, TestServer};
+use common::{Scratch, TestServer, eventually_true, raw_query};
+use hickory_proto::rr::RecordType;
 use meridian::{
     health::{
         ListenerCounters, ListenerLimits, ReportLedger, decode,
@@ -49,43 +50,9 @@ use tokio::{
 /// How long a bounded poll goes on before the test fails.
 const DEADLINE: Duration = LIMIT;
 
-/// Polls `check` every 20 ms until it holds; fails the test after [`DEADLINE`].
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {DEADLINE:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // DNS over TCP
 // ---------------------------------------------------------------------------------------------
-
-/// A raw query for `name` (dotted, no trailing dot) with EDNS (payload 1232), type `qtype`.
-fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(64);
-    for field in [id, 0, 1, 0, 0, 1] {
-        bytes.extend_from_slice(&field.to_be_bytes());
-    }
-    for label in name.split('.') {
-        bytes.push(label.len() as u8);
-        bytes.extend_from_slice(label.as_bytes());
-    }
-    bytes.push(0);
-    bytes.extend_from_slice(&qtype.to_be_bytes());
-    bytes.extend_from_slice(&1u16.to_be_bytes());
-    // OPT: root owner, type 41, payload 1232, no extended flags, no options.
-    bytes.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
-    bytes
-}
-
-const TYPE_A: u16 = 1;
-const TYPE_TXT: u16 = 16;
 
 fn framed(message: &[u8]) -> Vec<u8> {
     let mut bytes = (message.len() as u16).to_be_bytes().to_vec();
@@ -108,7 +75,12 @@ async fn read_framed(stream: &mut TcpStream) -> Option<Vec<u8>> {
 /// Sends one query on `stream` and returns whether it was answered (with the same id).
 async fn answered(stream: &mut TcpStream, id: u16) -> bool {
     if stream
-        .write_all(&framed(&dns_query(id, "www.example.test", TYPE_A)))
+        .write_all(&framed(&raw_query(
+            id,
+            "www.example.test.",
+            RecordType::A,
+            Some(1232),
+        )))
         .await
         .is_err()
     {
@@ -164,15 +136,19 @@ async fn dns_tcp_connections_over_the_cap_are_closed_counted_and_a_slot_frees() 
     // Closing one frees its slot once the server saw the close.
     held.pop();
     let mut id = 100;
-    until("a new connection is served after one closed", || {
-        id += 1;
-        async move {
-            match TcpStream::connect(server.addr).await {
-                Ok(mut stream) => answered(&mut stream, id).await,
-                Err(_) => false,
+    eventually_true(
+        "a new connection is served after one closed",
+        DEADLINE,
+        || {
+            id += 1;
+            async move {
+                match TcpStream::connect(server.addr).await {
+                    Ok(mut stream) => answered(&mut stream, id).await,
+                    Err(_) => false,
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     server.stop().await;
 }
@@ -186,7 +162,12 @@ async fn dns_tcp_pipelined_queries_are_answered_in_order() {
     const QUERIES: u16 = 500;
     let mut batch = Vec::new();
     for id in 0..QUERIES {
-        batch.extend(framed(&dns_query(id, "www.example.test", TYPE_A)));
+        batch.extend(framed(&raw_query(
+            id,
+            "www.example.test.",
+            RecordType::A,
+            Some(1232),
+        )));
     }
     let (mut reader, mut writer) = stream.split();
     let write = async {
@@ -218,7 +199,12 @@ async fn dns_tcp_client_that_stops_reading_is_cut_off() {
     let stream = TcpStream::connect(server.addr).await.unwrap();
     // big.example.test TXT is about 1.6 kB over TCP: the answers fill both socket buffers long
     // before the queries stop coming.
-    let query = framed(&dns_query(7, "big.example.test", TYPE_TXT));
+    let query = framed(&raw_query(
+        7,
+        "big.example.test.",
+        RecordType::TXT,
+        Some(1232),
+    ));
     let chunk: Vec<u8> = query.repeat(1000);
     let (_reader, mut writer) = stream.into_split();
     let writing = async {
@@ -535,20 +521,24 @@ async fn relay_https_connections_over_the_cap_are_closed_and_a_slot_frees() {
     );
 
     held.pop();
-    until("a new connection is served after one closed", || async {
-        let tcp = TcpStream::connect(relay.https).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(relay_tls(&relay, b"http/1.1"));
-        let Ok(mut tls) = connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-        else {
-            return false;
-        };
-        tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .is_ok()
-            && h1_status(&mut tls).await == 200
-    })
+    eventually_true(
+        "a new connection is served after one closed",
+        DEADLINE,
+        || async {
+            let tcp = TcpStream::connect(relay.https).await.unwrap();
+            let connector = tokio_rustls::TlsConnector::from(relay_tls(&relay, b"http/1.1"));
+            let Ok(mut tls) = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+            else {
+                return false;
+            };
+            tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .is_ok()
+                && h1_status(&mut tls).await == 200
+        },
+    )
     .await;
 }
 
@@ -583,7 +573,7 @@ async fn relay_admin_connections_over_the_cap_are_closed_and_a_slot_frees() {
 
     held.pop();
     // The metrics scrape itself needs a slot, so it comes after one was freed.
-    until("the refusal is counted", || async {
+    eventually_true("the refusal is counted", DEADLINE, || async {
         let Ok(mut tcp) = TcpStream::connect(relay.admin).await else {
             return false;
         };
@@ -600,8 +590,9 @@ async fn relay_admin_connections_over_the_cap_are_closed_and_a_slot_frees() {
             .any(|count| count.parse::<u64>().is_ok_and(|n| n >= 1))
     })
     .await;
-    until(
+    eventually_true(
         "an admin request is served after one connection closed",
+        DEADLINE,
         || async {
             let Ok(mut tcp) = TcpStream::connect(relay.admin).await else {
                 return false;
@@ -723,7 +714,7 @@ async fn health_channel_caps_connections_and_frame_size() {
         &encode_report(&report_of("eu-west", 1), 1000).unwrap(),
     )
     .await;
-    until("the first report is accepted", || async {
+    eventually_true("the first report is accepted", DEADLINE, || async {
         reports.load(Ordering::Relaxed) == 1
     })
     .await;
@@ -738,7 +729,7 @@ async fn health_channel_caps_connections_and_frame_size() {
 
     // One byte more than a frame may hold: stopped, counted, nothing reaches the ledger.
     send_stream(&first, &vec![0u8; HEADER_LEN + MAX_FRAME_BYTES + 1]).await;
-    until("the oversized stream is counted", || async {
+    eventually_true("the oversized stream is counted", DEADLINE, || async {
         load(&counters.streams_too_long) == 1
     })
     .await;
@@ -748,7 +739,7 @@ async fn health_channel_caps_connections_and_frame_size() {
         .to_vec();
     announced[6..10].copy_from_slice(&(MAX_FRAME_BYTES as u32 + 1).to_be_bytes());
     send_stream(&first, &announced).await;
-    until("the over-announced frame is counted", || async {
+    eventually_true("the over-announced frame is counted", DEADLINE, || async {
         load(&counters.malformed_frames) == 1
     })
     .await;
@@ -758,15 +749,16 @@ async fn health_channel_caps_connections_and_frame_size() {
         &encode_report(&report_of("eu-west", 3), 1000).unwrap(),
     )
     .await;
-    until("a later report is accepted", || async {
+    eventually_true("a later report is accepted", DEADLINE, || async {
         reports.load(Ordering::Relaxed) == 2
     })
     .await;
 
     // Closing the first frees its slot.
     first.close(0u32.into(), b"done");
-    until(
+    eventually_true(
         "a new connection is accepted after the first closed",
+        DEADLINE,
         || async {
             match connect().await {
                 Ok(connection) => {

@@ -345,3 +345,15 @@ where
     })
     .await
 }
+
+/// A query as raw bytes, with or without EDNS (and then with this payload size).
+pub fn raw_query(id: u16, qname: &str, qtype: RecordType, payload: Option<u16>) -> Vec<u8> {
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.add_query(Query::query(Name::from_ascii(qname).unwrap(), qtype));
+    if let Some(payload) = payload {
+        let mut edns = Edns::new();
+        edns.set_max_payload(payload);
+        message.set_edns(edns);
+    }
+    message.to_vec().unwrap()
+}
